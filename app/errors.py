@@ -87,6 +87,12 @@ class RangeInvalid(RegistryError):
     status, code = 416, "BLOB_UPLOAD_INVALID"
 
 
+class RangeNotSatisfiable(RegistryError):
+    """A blob read whose `Range` lies outside the blob (no spec code exists for it)."""
+
+    status, code = 416, "RANGE_INVALID"
+
+
 class Unauthorized(RegistryError):
     status, code = 401, "UNAUTHORIZED"
 

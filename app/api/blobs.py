@@ -1,0 +1,52 @@
+"""`/v2/<name>/blobs/<digest>`: HEAD, GET (with Range, or a redirect to the public bucket), DELETE."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from app import layout
+from app.api.deps import RegistryDep
+from app.api.ranges import parse_range
+from app.errors import Unsupported
+from app.registry.references import check_digest, check_name
+
+router = APIRouter()
+
+
+@router.api_route("/v2/{name:path}/blobs/{digest}", methods=["GET", "HEAD"])
+async def get_blob(name: str, digest: str, request: Request, registry: RegistryDep) -> Response:
+    check_name(name)
+    check_digest(digest)
+    info = await registry.blobs.require(name, digest)
+    headers = {
+        "Docker-Content-Digest": digest,
+        "Content-Type": layout.OCTET_STREAM,
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{digest}"',
+        "Cache-Control": layout.MANIFEST_CACHE_IMMUTABLE,
+    }
+    public_url = registry.settings.public_url
+    if public_url and request.method == "GET":
+        return RedirectResponse(f"{public_url}/{layout.blob(name, digest)}", status_code=307, headers=headers)
+    if request.method == "HEAD":
+        return Response(headers={**headers, "Content-Length": str(info.size)})
+    requested = request.headers.get("range")
+    selected = parse_range(requested, info.size) if requested else None
+    if selected is None:
+        body = await registry.blobs.open(name, digest)
+        return StreamingResponse(body, headers={**headers, "Content-Length": str(info.size)})
+    start, end = selected
+    body = await registry.blobs.open(name, digest, start, end)
+    headers |= {"Content-Length": str(end - start + 1), "Content-Range": f"bytes {start}-{end}/{info.size}"}
+    return StreamingResponse(body, status_code=206, headers=headers)
+
+
+@router.delete("/v2/{name:path}/blobs/{digest}")
+async def delete_blob(name: str, digest: str, registry: RegistryDep) -> Response:
+    check_name(name)
+    check_digest(digest)
+    if not registry.settings.delete_enabled:
+        raise Unsupported("deletes are disabled on this registry")
+    await registry.blobs.delete(name, digest)
+    return Response(status_code=202)

@@ -1,0 +1,105 @@
+"""`/v2/<name>/blobs/uploads/`: sessions, chunks, completion, status, cancel, and cross-repository mounts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from app import layout
+from app.api.deps import RegistryDep
+from app.api.ranges import parse_content_range
+from app.errors import DigestInvalid
+from app.registry import Registry
+from app.registry.references import DIGEST_RE, NAME_RE, check_digest, check_name
+from app.registry.uploads import Upload
+
+router = APIRouter()
+
+
+def upload_location(upload: Upload) -> str:
+    return f"/v2/{upload.name}/blobs/uploads/{upload.id}"
+
+
+def progress_headers(upload: Upload, size: int) -> dict[str, str]:
+    return {
+        "Location": upload_location(upload),
+        "Docker-Upload-UUID": upload.id,
+        "Range": f"0-{max(size - 1, 0)}",
+    }
+
+
+def blob_created(name: str, digest: str) -> Response:
+    headers = {"Location": f"/{layout.blob(name, digest)}", "Docker-Content-Digest": digest}
+    return Response(status_code=201, headers=headers)
+
+
+def chunk_bounds(request: Request) -> tuple[int | None, int | None]:
+    """Start and length of the body from Content-Range / Content-Length (None when the client sent neither)."""
+    content_range = request.headers.get("content-range")
+    content_length = request.headers.get("content-length")
+    length = int(content_length) if content_length and content_length.isdigit() else None
+    if content_range:
+        start, end = parse_content_range(content_range)
+        return start, end - start + 1
+    return None, length
+
+
+async def receive(registry: Registry, upload: Upload, request: Request) -> int:
+    start, length = chunk_bounds(request)
+    async with registry.uploads.lock(upload):
+        return await registry.uploads.append(upload, request.stream(), start, length)
+
+
+@router.post("/v2/{name:path}/blobs/uploads/")
+@router.post("/v2/{name:path}/blobs/uploads")
+async def start_upload(name: str, request: Request, registry: RegistryDep) -> Response:
+    check_name(name)
+    params = request.query_params
+    mount, source = params.get("mount"), params.get("from")
+    mountable = mount and source and DIGEST_RE.fullmatch(mount) and NAME_RE.fullmatch(source) and source != name
+    if mountable and await registry.blobs.mount(name, mount, source):
+        return blob_created(name, mount)
+    digest = params.get("digest")
+    if digest is not None:
+        check_digest(digest)
+    upload = registry.uploads.create(name)
+    if digest is not None:
+        await receive(registry, upload, request)
+        await registry.blobs.commit(upload, digest)
+        return blob_created(name, digest)
+    return Response(status_code=202, headers=progress_headers(upload, 0))
+
+
+@router.patch("/v2/{name:path}/blobs/uploads/{upload_id}")
+async def upload_chunk(name: str, upload_id: str, request: Request, registry: RegistryDep) -> Response:
+    check_name(name)
+    upload = registry.uploads.get(name, upload_id)
+    size = await receive(registry, upload, request)
+    return Response(status_code=202, headers=progress_headers(upload, size))
+
+
+@router.put("/v2/{name:path}/blobs/uploads/{upload_id}")
+async def finish_upload(name: str, upload_id: str, request: Request, registry: RegistryDep) -> Response:
+    check_name(name)
+    upload = registry.uploads.get(name, upload_id)
+    digest = request.query_params.get("digest")
+    if not digest:
+        raise DigestInvalid("digest query parameter is required to finish an upload")
+    check_digest(digest)
+    await receive(registry, upload, request)
+    await registry.blobs.commit(upload, digest)
+    return blob_created(name, digest)
+
+
+@router.get("/v2/{name:path}/blobs/uploads/{upload_id}")
+async def upload_status(name: str, upload_id: str, registry: RegistryDep) -> Response:
+    check_name(name)
+    upload = registry.uploads.get(name, upload_id)
+    return Response(status_code=204, headers=progress_headers(upload, registry.uploads.size(upload)))
+
+
+@router.delete("/v2/{name:path}/blobs/uploads/{upload_id}")
+async def cancel_upload(name: str, upload_id: str, registry: RegistryDep) -> Response:
+    check_name(name)
+    upload = registry.uploads.get(name, upload_id)
+    registry.uploads.discard(upload)
+    return Response(status_code=204)

@@ -1,0 +1,21 @@
+"""The ASGI application: routers wired to a registry built once at start-up."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.api import base, blobs, manifests, tags, uploads
+from app.registry import Registry, build_registry
+from app.settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    app = FastAPI(title="storj-registry", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    app.state.registry = registry or build_registry(settings)
+    base.install_error_handlers(app)
+    # Order matters: upload routes before blob routes, both before the catch-all shapes of manifests.
+    for module in (base, uploads, blobs, manifests, tags):
+        app.include_router(module.router)
+    return app

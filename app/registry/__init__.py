@@ -1,0 +1,37 @@
+"""Registry logic that knows nothing of HTTP: upload sessions, blobs, manifests, and the derived indexes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.registry.blobs import Blobs
+from app.registry.indexes import Indexes
+from app.registry.manifests import Manifests
+from app.registry.uploads import Uploads
+from app.settings import Settings
+from app.storage import Storage, open_storage
+
+
+@dataclass
+class Registry:
+    settings: Settings
+    storage: Storage
+    uploads: Uploads
+    indexes: Indexes
+    blobs: Blobs
+    manifests: Manifests
+
+
+def build_registry(settings: Settings, storage: Storage | None = None) -> Registry:
+    """Create every long-lived part once, at start-up."""
+    storage = storage or open_storage(settings)
+    uploads = Uploads(settings.staging_dir)
+    indexes = Indexes(storage)
+    return Registry(
+        settings=settings,
+        storage=storage,
+        uploads=uploads,
+        indexes=indexes,
+        blobs=Blobs(storage, uploads, indexes),
+        manifests=Manifests(storage, indexes),
+    )

@@ -1,0 +1,150 @@
+"""Parsing and validating manifests: Docker schema 2 manifests and lists, OCI manifests and indexes.
+
+Validation is structural (what the registry must know to keep the bucket consistent): the media type, and
+well-formed descriptors for everything the manifest references. The bytes are stored exactly as received.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import ManifestInvalid
+from app.registry.references import DIGEST_RE
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+IMAGE_MANIFESTS = {DOCKER_MANIFEST, OCI_MANIFEST}
+INDEXES = {DOCKER_MANIFEST_LIST, OCI_INDEX}
+MANIFEST_TYPES = IMAGE_MANIFESTS | INDEXES
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    artifact_type: str | None = None
+    annotations: dict[str, str] | None = None
+    external: bool = False  # a foreign layer with `urls`: its bytes live elsewhere
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        if self.annotations:
+            out["annotations"] = self.annotations
+        return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    media_type: str
+    blobs: list[Descriptor] = field(default_factory=list)
+    children: list[Descriptor] = field(default_factory=list)
+    subject: Descriptor | None = None
+    artifact_type: str | None = None
+    annotations: dict[str, str] | None = None
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ManifestInvalid("duplicate key in manifest JSON", detail={"key": key[:100]})
+        result[key] = value
+    return result
+
+
+def _load_json(body: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(body, object_pairs_hook=_reject_duplicate_keys)
+    except (ValueError, RecursionError) as exc:
+        raise ManifestInvalid("manifest is not valid JSON") from exc
+    if not isinstance(document, dict):
+        raise ManifestInvalid("manifest must be a JSON object")
+    return document
+
+
+def media_type_of(content_type: str | None, document: dict[str, Any]) -> str:
+    """Reconcile the Content-Type header with the body's `mediaType`; they must agree when both are given."""
+    header = (content_type or "").split(";", 1)[0].strip().lower()
+    declared = document.get("mediaType")
+    if declared is not None and not isinstance(declared, str):
+        raise ManifestInvalid("mediaType must be a string")
+    if header in MANIFEST_TYPES and declared and declared != header:
+        raise ManifestInvalid(
+            "Content-Type does not match the manifest's mediaType",
+            detail={"contentType": header, "mediaType": declared},
+        )
+    media_type = declared or (header if header in MANIFEST_TYPES else None)
+    if media_type not in MANIFEST_TYPES:
+        raise ManifestInvalid("unsupported manifest media type", detail={"mediaType": media_type or header or None})
+    return media_type
+
+
+def _string_map(value: Any, what: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ManifestInvalid(f"{what} must map strings to strings")
+    return value
+
+
+def parse_descriptor(value: Any, what: str) -> Descriptor:
+    if not isinstance(value, dict):
+        raise ManifestInvalid(f"{what} must be a descriptor object")
+    media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
+    if not isinstance(media_type, str) or not media_type:
+        raise ManifestInvalid(f"{what} has no mediaType")
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+        raise ManifestInvalid(f"{what} has an invalid digest", detail={"digest": str(digest)[:200]})
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ManifestInvalid(f"{what} has an invalid size")
+    artifact_type = value.get("artifactType")
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        raise ManifestInvalid(f"{what} has an invalid artifactType")
+    urls = value.get("urls")
+    return Descriptor(
+        media_type=media_type,
+        digest=digest,
+        size=size,
+        artifact_type=artifact_type,
+        annotations=_string_map(value.get("annotations"), f"{what} annotations"),
+        external=bool(urls),
+    )
+
+
+def _descriptor_list(document: dict[str, Any], key: str, *, required: bool) -> list[Descriptor]:
+    value = document.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        raise ManifestInvalid(f"manifest needs a '{key}' array")
+    return [parse_descriptor(item, f"{key}[{i}]") for i, item in enumerate(value)]
+
+
+def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
+    document = _load_json(body)
+    if document.get("schemaVersion") != 2:
+        raise ManifestInvalid("schemaVersion must be 2")
+    media_type = media_type_of(content_type, document)
+    subject = document.get("subject")
+    artifact_type = document.get("artifactType")
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        raise ManifestInvalid("artifactType must be a string")
+    common = {
+        "media_type": media_type,
+        "subject": parse_descriptor(subject, "subject") if subject is not None else None,
+        "annotations": _string_map(document.get("annotations"), "annotations"),
+    }
+    if media_type in INDEXES:
+        children = _descriptor_list(document, "manifests", required=True)
+        return Manifest(children=children, artifact_type=artifact_type, **common)
+    config = parse_descriptor(document.get("config"), "config")
+    layers = _descriptor_list(document, "layers", required=media_type == DOCKER_MANIFEST)
+    return Manifest(blobs=[config, *layers], artifact_type=artifact_type or config.media_type, **common)

@@ -1,0 +1,132 @@
+"""Manifests: validate, publish in a pullable order, read back, delete.
+
+Publishing order keeps every intermediate state of the bucket pullable: the manifest under its digest first,
+then the tag, then the tags list and catalog, then the referrers index of its subject. Every blob and child
+manifest it names must already be in the repository, so a tag never points at something missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from anyio.to_thread import run_sync as run
+
+from app import layout
+from app.errors import ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
+from app.registry.formats import Descriptor, Manifest, parse_manifest
+from app.registry.indexes import Indexes
+from app.registry.references import algorithm_of, digest_of, is_digest, sha256_digest
+from app.storage import Storage
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    body: bytes
+    media_type: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class PutResult:
+    digest: str
+    subject: str | None
+
+
+class Manifests:
+    def __init__(self, storage: Storage, indexes: Indexes) -> None:
+        self.storage = storage
+        self.indexes = indexes
+
+    async def put(self, name: str, reference: str, body: bytes, content_type: str | None) -> PutResult:
+        manifest = parse_manifest(body, content_type)
+        digest = self._digest_for(reference, body)
+        await self._require_references(name, manifest)
+
+        await self.indexes.ensure_index_html()
+        digest_key = layout.manifest(name, digest)
+        existing = await run(self.storage.stat, digest_key)
+        if existing is None or existing.size != len(body) or existing.content_type != manifest.media_type:
+            await run(self.storage.put_bytes, digest_key, body, manifest.media_type, layout.MANIFEST_CACHE_IMMUTABLE)
+        if not is_digest(reference):
+            await run(
+                self.storage.put_bytes,
+                layout.manifest(name, reference),
+                body,
+                manifest.media_type,
+                layout.MUTABLE_CACHE,
+            )
+        await self.indexes.refresh_tags(name)
+        await self.indexes.add_to_catalog(name)
+        if manifest.subject is not None:
+            referrer = Descriptor(
+                media_type=manifest.media_type,
+                digest=digest,
+                size=len(body),
+                artifact_type=manifest.artifact_type,
+                annotations=manifest.annotations,
+            )
+            await self.indexes.add_referrer(name, manifest.subject.digest, referrer)
+        return PutResult(digest, manifest.subject.digest if manifest.subject else None)
+
+    @staticmethod
+    def _digest_for(reference: str, body: bytes) -> str:
+        """By digest, the body must hash to the reference; by tag, the manifest is keyed by its sha256."""
+        if not is_digest(reference):
+            return sha256_digest(body)
+        actual = digest_of(body, algorithm_of(reference))
+        if actual != reference:
+            raise ManifestInvalid(
+                "manifest digest does not match the reference",
+                detail={"reference": reference, "digest": actual},
+            )
+        return reference
+
+    async def _require_references(self, name: str, manifest: Manifest) -> None:
+        keys = [layout.blob(name, d.digest) for d in manifest.blobs if not d.external]
+        keys += [layout.manifest(name, d.digest) for d in manifest.children]
+        found = await asyncio.gather(*(run(self.storage.stat, key) for key in dict.fromkeys(keys)))
+        missing = [key.rsplit("/", 1)[1] for key, info in zip(dict.fromkeys(keys), found, strict=True) if not info]
+        if missing:
+            raise ManifestBlobUnknown(
+                "manifest references content missing from the repository", detail={"missing": missing}
+            )
+
+    async def get(self, name: str, reference: str) -> StoredManifest:
+        found = await run(self.storage.read_small, layout.manifest(name, reference))
+        if found is None:
+            raise ManifestUnknown("manifest unknown", detail={"name": name, "reference": reference})
+        body, info = found
+        digest = reference if is_digest(reference) else sha256_digest(body)
+        return StoredManifest(body, info.content_type, digest)
+
+    async def delete(self, name: str, reference: str) -> None:
+        """Delete a tag, or a manifest by digest together with every tag pointing at it."""
+        stored = await self.get(name, reference)
+        if is_digest(reference):
+            tags = await run(self._tags_pointing_at, name, reference)
+            for tag in tags:
+                await run(self.storage.delete, layout.manifest(name, tag))
+            await run(self.storage.delete, layout.manifest(name, reference))
+            await self._forget_referrer(name, stored)
+        else:
+            await run(self.storage.delete, layout.manifest(name, reference))
+        await self.indexes.refresh_tags(name)
+
+    def _tags_pointing_at(self, name: str, digest: str) -> list[str]:
+        tags = []
+        for child in self.storage.list_children(layout.manifests_dir(name)):
+            if is_digest(child):
+                continue
+            found = self.storage.read_small(layout.manifest(name, child))
+            if found is not None and digest_of(found[0], algorithm_of(digest)) == digest:
+                tags.append(child)
+        return tags
+
+    async def _forget_referrer(self, name: str, stored: StoredManifest) -> None:
+        try:
+            manifest = parse_manifest(stored.body, stored.media_type)
+        except ManifestInvalid:
+            return
+        if manifest.subject is not None:
+            await self.indexes.remove_referrer(name, manifest.subject.digest, stored.digest)

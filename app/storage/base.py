@@ -1,0 +1,70 @@
+"""The storage interface: a flat key space of objects that each carry a Content-Type and Cache-Control.
+
+Two backends implement it: `filesystem` (the embedded default, a directory in the bucket's layout) and `s3`
+(Storj's S3 gateway). Methods are blocking; the registry calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+READ_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    content_type: str
+    cache_control: str | None = None
+    last_modified: float | None = None
+
+
+class ObjectExists(Exception):
+    """A create-only write (`if_absent=True`) found the key already present."""
+
+
+class StorageFault(Exception):
+    """The store could not complete an operation (unreachable, throttled past the retries, refused)."""
+
+
+class Storage(Protocol):
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and metadata of an object, or None when absent."""
+
+    def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Stream bytes `start..end` (inclusive end, None = to the last byte). Raises KeyError when absent."""
+
+    def read_small(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+        """A whole small object (manifests, lists) with its metadata, or None when absent."""
+
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        cache_control: str | None = None,
+        *,
+        if_absent: bool = False,
+    ) -> None:
+        """Write a small object; with `if_absent`, raise ObjectExists instead of replacing."""
+
+    def put_file(self, key: str, path: Path, content_type: str, cache_control: str | None = None) -> None:
+        """Write a staged file as one object; it becomes visible only once complete."""
+
+    def copy(self, source: str, destination: str) -> None:
+        """Server-side copy, keeping the source's metadata. Raises KeyError when the source is absent."""
+
+    def delete(self, key: str) -> None:
+        """Remove an object; absent keys are not an error."""
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Every key under `prefix`, in no particular order."""
+
+    def list_children(self, prefix: str) -> Iterator[str]:
+        """Keys directly under `prefix` (no further `/`), returned relative to it."""
+
+    def check(self) -> None:
+        """Raise StorageFault when the store cannot be reached (readiness probe)."""

@@ -1,0 +1,170 @@
+"""The embedded default store: objects are files at their keys under a directory.
+
+The directory has the bucket's exact layout, so it can be uploaded to Storj as it is. Each object's
+Content-Type and Cache-Control live in a JSON sidecar under `.meta/`, written before the object is moved
+into place so that a visible object always has its metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from app.storage.base import READ_CHUNK, ObjectExists, ObjectInfo, StorageFault
+
+META_DIR = ".meta"
+TMP_DIR = ".tmp"
+
+
+class FilesystemStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        (self.root / TMP_DIR).mkdir(parents=True, exist_ok=True)
+        (self.root / META_DIR).mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents or key.startswith("."):
+            raise ValueError(f"key escapes the store: {key!r}")
+        return path
+
+    def _meta_path(self, key: str) -> Path:
+        return self.root / META_DIR / (key + ".json")
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not os.path.isfile(self._path(key)):
+            return None
+        meta = self._read_meta(key)
+        return ObjectInfo(
+            size=st.st_size,
+            content_type=meta.get("content_type", "application/octet-stream"),
+            cache_control=meta.get("cache_control"),
+            last_modified=st.st_mtime,
+        )
+
+    def _read_meta(self, key: str) -> dict[str, str]:
+        try:
+            return json.loads(self._meta_path(key).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        try:
+            handle = open(self._path(key), "rb")  # noqa: SIM115 - closed by the generator
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise KeyError(key) from None
+        return self._stream(handle, start, end)
+
+    @staticmethod
+    def _stream(handle, start: int, end: int | None) -> Iterator[bytes]:
+        with handle:
+            handle.seek(start)
+            remaining = None if end is None else end - start + 1
+            while remaining is None or remaining > 0:
+                chunk = handle.read(READ_CHUNK if remaining is None else min(READ_CHUNK, remaining))
+                if not chunk:
+                    return
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+
+    def read_small(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+        info = self.stat(key)
+        if info is None:
+            return None
+        try:
+            data = self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        return data, ObjectInfo(len(data), info.content_type, info.cache_control, info.last_modified)
+
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        cache_control: str | None = None,
+        *,
+        if_absent: bool = False,
+    ) -> None:
+        temp = self._temp_file()
+        temp.write_bytes(data)
+        self._publish(temp, key, content_type, cache_control, if_absent=if_absent)
+
+    def put_file(self, key: str, path: Path, content_type: str, cache_control: str | None = None) -> None:
+        temp = self._temp_file()
+        try:
+            os.link(path, temp)
+        except OSError:
+            shutil.copyfile(path, temp)
+        self._publish(temp, key, content_type, cache_control)
+
+    def copy(self, source: str, destination: str) -> None:
+        info = self.stat(source)
+        if info is None:
+            raise KeyError(source)
+        temp = self._temp_file()
+        try:
+            os.link(self._path(source), temp)
+        except OSError:
+            shutil.copyfile(self._path(source), temp)
+        self._publish(temp, destination, info.content_type, info.cache_control)
+
+    def delete(self, key: str) -> None:
+        for path in (self._path(key), self._meta_path(key)):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                path.unlink()
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return
+        for directory, dirnames, filenames in os.walk(base):
+            if directory == str(self.root):
+                dirnames[:] = [d for d in dirnames if d not in (META_DIR, TMP_DIR)]
+            for filename in filenames:
+                key = os.path.relpath(os.path.join(directory, filename), self.root)
+                if key.startswith(prefix):
+                    yield key
+
+    def list_children(self, prefix: str) -> Iterator[str]:
+        directory = self.root / prefix
+        if not prefix.endswith("/") or not directory.is_dir():
+            return
+        for entry in os.scandir(directory):
+            if entry.is_file():
+                yield entry.name
+
+    def check(self) -> None:
+        if not os.access(self.root, os.W_OK):
+            raise StorageFault(f"data directory {self.root} is not writable")
+
+    def _temp_file(self) -> Path:
+        handle, name = tempfile.mkstemp(dir=self.root / TMP_DIR)
+        os.close(handle)
+        os.unlink(name)
+        return Path(name)
+
+    def _publish(
+        self, temp: Path, key: str, content_type: str, cache_control: str | None, *, if_absent: bool = False
+    ) -> None:
+        target = self._path(key)
+        meta = self._meta_path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        if if_absent and target.exists():
+            temp.unlink(missing_ok=True)
+            raise ObjectExists(key)
+        meta_temp = self._temp_file()
+        meta_temp.write_text(json.dumps({"content_type": content_type, "cache_control": cache_control}))
+        os.replace(meta_temp, meta)
+        os.replace(temp, target)

@@ -1,0 +1,195 @@
+"""The S3 backend, made for Storj's gateway.
+
+What the gateway needs (docs/storj.md): checksums only "when required" (it rejects boto3's aws-chunked
+trailers), path-style addressing, region `global`, `ContentType` given when a multipart upload is created,
+64 MiB parts, no UploadPartCopy (so copies are single CopyObject requests, metadata-only on Storj), and
+retries with backoff on `SlowDown`. A failed multipart upload is aborted by the transfer manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from app.settings import Settings
+from app.storage.base import READ_CHUNK, ObjectExists, ObjectInfo, StorageFault
+
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+def client_config(settings: Settings) -> Config:
+    """The botocore configuration the Storj gateway needs; tested on its own since plain-http tests can't see it."""
+    return Config(
+        region_name=settings.s3_region,
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
+        max_pool_connections=max(16, settings.s3_max_concurrency * 4),
+        connect_timeout=10,
+        read_timeout=120,
+    )
+
+
+def _is_missing(error: ClientError) -> bool:
+    return str(error.response.get("Error", {}).get("Code")) in _MISSING
+
+
+class S3Storage:
+    def __init__(self, settings: Settings) -> None:
+        self.bucket = settings.s3_bucket
+        self.prefix = f"{settings.s3_prefix}/" if settings.s3_prefix else ""
+        self.client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=settings.s3_endpoint,
+            aws_access_key_id=settings.s3_access_key,
+            aws_secret_access_key=settings.s3_secret_key,
+            config=client_config(settings),
+            verify=None if settings.s3_endpoint.startswith("https://") else False,
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=settings.s3_part_size,
+            multipart_chunksize=settings.s3_part_size,
+            max_concurrency=settings.s3_max_concurrency,
+            use_threads=True,
+        )
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            head = self._call(self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+        except KeyError:
+            return None
+        return self._info(head)
+
+    @staticmethod
+    def _info(response: dict[str, Any]) -> ObjectInfo:
+        modified = response.get("LastModified")
+        return ObjectInfo(
+            size=response["ContentLength"],
+            content_type=response.get("ContentType", "application/octet-stream"),
+            cache_control=response.get("CacheControl"),
+            last_modified=modified.timestamp() if modified else None,
+        )
+
+    def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        extra: dict[str, Any] = {}
+        if start or end is not None:
+            extra["Range"] = f"bytes={start}-{'' if end is None else end}"
+        response = self._call(self.client.get_object, Bucket=self.bucket, Key=self._key(key), **extra)
+        return self._stream(response["Body"])
+
+    @staticmethod
+    def _stream(body: Any) -> Iterator[bytes]:
+        try:
+            yield from body.iter_chunks(READ_CHUNK)
+        finally:
+            body.close()
+
+    def read_small(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+        try:
+            response = self._call(self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+            data = response["Body"].read()
+        except KeyError:
+            return None
+        except BotoCoreError as exc:
+            raise StorageFault(f"reading {key}: {exc}") from exc
+        return data, self._info(response)
+
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        cache_control: str | None = None,
+        *,
+        if_absent: bool = False,
+    ) -> None:
+        extra = self._metadata(content_type, cache_control)
+        if if_absent:
+            extra["IfNoneMatch"] = "*"
+        try:
+            self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+        except StorageFault as exc:
+            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+                raise ObjectExists(key) from exc
+            raise
+
+    def put_file(self, key: str, path: Path, content_type: str, cache_control: str | None = None) -> None:
+        try:
+            self.client.upload_file(
+                str(path),
+                self.bucket,
+                self._key(key),
+                ExtraArgs=self._metadata(content_type, cache_control),
+                Config=self.transfer,
+            )
+        except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+            raise StorageFault(f"upload of {key} failed: {exc}") from exc
+
+    def copy(self, source: str, destination: str) -> None:
+        """One CopyObject request: never the managed copy, which switches to UploadPartCopy (501 on Storj)."""
+        self._call(
+            self.client.copy_object,
+            Bucket=self.bucket,
+            Key=self._key(destination),
+            CopySource={"Bucket": self.bucket, "Key": self._key(source)},
+            MetadataDirective="COPY",
+        )
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(KeyError):
+            self._call(self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    def list(self, prefix: str) -> Iterator[str]:
+        for page in self._pages(self._key(prefix), delimiter=None):
+            for item in page.get("Contents", []):
+                yield item["Key"][len(self.prefix) :]
+
+    def list_children(self, prefix: str) -> Iterator[str]:
+        full = self._key(prefix)
+        for page in self._pages(full, delimiter="/"):
+            for item in page.get("Contents", []):
+                yield item["Key"][len(full) :]
+
+    def check(self) -> None:
+        self._call(self.client.head_bucket, Bucket=self.bucket)
+
+    def _pages(self, prefix: str, delimiter: str | None) -> Iterator[dict[str, Any]]:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            args["Delimiter"] = delimiter
+        try:
+            yield from self.client.get_paginator("list_objects_v2").paginate(**args)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageFault(f"listing {prefix} failed: {exc}") from exc
+
+    @staticmethod
+    def _metadata(content_type: str, cache_control: str | None) -> dict[str, Any]:
+        extra: dict[str, Any] = {"ContentType": content_type}
+        if cache_control:
+            extra["CacheControl"] = cache_control
+        return extra
+
+    @staticmethod
+    def _call(operation: Any, **kwargs: Any) -> Any:
+        """Run one S3 request: absent keys become KeyError, every other failure a StorageFault."""
+        try:
+            return operation(**kwargs)
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise KeyError(kwargs.get("Key")) from exc
+            raise StorageFault(f"{operation.__name__}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageFault(f"{operation.__name__}: {exc}") from exc
