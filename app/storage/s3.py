@@ -40,6 +40,16 @@ def client_config(settings: Settings) -> Config:
     )
 
 
+def _drop_expect_continue(request: Any, **_: Any) -> None:
+    """Send bodies at once instead of waiting for `100 Continue`.
+
+    Some S3 servers (SeaweedFS among them) answer a PUT before reading its body when asked to expect
+    `100 Continue`, which leaves the pooled connection out of step and the next request hanging.
+    """
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
 def _is_missing(error: ClientError) -> bool:
     return str(error.response.get("Error", {}).get("Code")) in _MISSING
 
@@ -56,6 +66,7 @@ class S3Storage:
             config=client_config(settings),
             verify=None if settings.s3_endpoint.startswith("https://") else False,
         )
+        self.client.meta.events.register_first("before-sign.s3", _drop_expect_continue)
         self.transfer = TransferConfig(
             multipart_threshold=settings.s3_part_size,
             multipart_chunksize=settings.s3_part_size,

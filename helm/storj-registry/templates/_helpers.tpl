@@ -1,0 +1,93 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "storj-registry.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name of the release's objects: <release>-<chart> unless the release name already holds it. */}}
+{{- define "storj-registry.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "storj-registry.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "storj-registry.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "storj-registry.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "storj-registry.labels" -}}
+helm.sh/chart: {{ include "storj-registry.chart" . }}
+{{ include "storj-registry.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: registry
+{{- end }}
+
+{{- define "storj-registry.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "storj-registry.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding S3 credentials and the htpasswd file: ours, or the one the user brings. */}}
+{{- define "storj-registry.secretName" -}}
+{{- default (include "storj-registry.fullname" .) .Values.existingSecret }}
+{{- end }}
+
+{{/* Whether the chart has anything to put in a Secret of its own. */}}
+{{- define "storj-registry.createSecret" -}}
+{{- if and (not .Values.existingSecret) (or (eq .Values.storage.type "s3") .Values.auth.htpasswd.enabled) }}true{{ end }}
+{{- end }}
+
+{{- define "storj-registry.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "storj-registry.stagingClaimName" -}}
+{{- default (printf "%s-staging" (include "storj-registry.fullname" .)) .Values.staging.persistence.existingClaim }}
+{{- end }}
+
+{{/* Staging is shared between pods only on a ReadWriteMany claim. */}}
+{{- define "storj-registry.sharedStaging" -}}
+{{- if and .Values.staging.persistence.enabled (eq .Values.staging.persistence.accessMode "ReadWriteMany") }}true{{ end }}
+{{- end }}
+
+{{/* More than one pod can serve requests at a time. */}}
+{{- define "storj-registry.multiPod" -}}
+{{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- end }}
+
+{{/*
+Session affinity of the Service. `auto` pins a client to one pod when several pods run without a
+shared staging volume, so that the chunks of one upload land where the upload was started.
+*/}}
+{{- define "storj-registry.sessionAffinity" -}}
+{{- $mode := .Values.service.sessionAffinity }}
+{{- if eq $mode "auto" }}
+{{- if and (include "storj-registry.multiPod" .) (not (include "storj-registry.sharedStaging" .)) }}ClientIP{{ else }}None{{ end }}
+{{- else }}
+{{- $mode }}
+{{- end }}
+{{- end }}
+
+{{/* URL scheme the pod itself serves. */}}
+{{- define "storj-registry.scheme" -}}
+{{- if .Values.tls.enabled }}HTTPS{{ else }}HTTP{{ end }}
+{{- end }}

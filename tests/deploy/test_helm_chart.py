@@ -1,0 +1,594 @@
+"""Render the Helm chart offline and check what a cluster would be sent.
+
+No cluster and no `helm` binary: `helm_python` embeds Helm's Go library (lint, schema validation, render)
+and `kubernetes_validate` checks each manifest against the bundled Kubernetes OpenAPI schemas in strict
+mode (unknown fields rejected). ServiceMonitor has no bundled schema, so its shape is asserted by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+
+from ._support import CHART_DIR, require_module
+
+helm = require_module("helm_python", "helm-python-sdk")
+kv = require_module("kubernetes_validate.utils", "kubernetes-validate")
+
+RELEASE = "push"
+NAMESPACE = "registry"
+FULLNAME = f"{RELEASE}-storj-registry"
+# The oldest release the chart declares (Chart.yaml kubeVersion), one in wide use, and the newest bundled.
+KUBE_VERSIONS = ("1.25.0", "1.30.0", kv.latest_version())
+LINT_KUBE_VERSION = "v1.30.0"
+STAGING_DIR = "/var/lib/storj-registry/staging"
+CRD_GROUPS = {"monitoring.coreos.com"}
+
+ACCESS_KEY = "jwtest-access-key-0123456789"
+SECRET_KEY = "jwtest-secret-key-abcdefghijklmnop"
+HTPASSWD = "pusher:$2y$05$abcdefghijklmnopqrstuu5q3aX8XBzYcA7k9gN6E0wyp1YzYb4C."
+
+S3: dict[str, Any] = {
+    "publicUrl": "https://registry.example.com",
+    "storage": {"type": "s3", "s3": {"bucket": "images", "accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}},
+}
+INGRESS_TLS: dict[str, Any] = {
+    **S3,
+    "ingress": {
+        "enabled": True,
+        "hosts": [{"host": "push.example.com", "paths": [{"path": "/v2", "pathType": "Prefix"}]}],
+        "tls": [{"secretName": "push-tls", "hosts": ["push.example.com"]}],
+    },
+}
+EXISTING_SECRET: dict[str, Any] = {
+    "publicUrl": "https://registry.example.com",
+    "storage": {"s3": {"bucket": "images"}},
+    "existingSecret": "storj-credentials",
+    "auth": {"htpasswd": {"enabled": True}},
+}
+STAGING_PVC: dict[str, Any] = {
+    **S3,
+    "staging": {"persistence": {"enabled": True, "size": "200Gi", "storageClass": "fast-ssd"}},
+}
+SCALED: dict[str, Any] = {
+    **S3,
+    "replicaCount": 3,
+    "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 8},
+    "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "staging": {"persistence": {"enabled": True, "accessMode": "ReadWriteMany", "storageClass": "nfs"}},
+}
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "ingress-tls": INGRESS_TLS,
+    "existing-secret": EXISTING_SECRET,
+    "staging-pvc": STAGING_PVC,
+    "scaled": SCALED,
+    "filesystem": {"storage": {"type": "filesystem"}, "replicaCount": 1},
+    "pod-tls-token-auth": {
+        **S3,
+        "tls": {"enabled": True, "secretName": "pod-tls"},
+        "auth": {"token": {"realm": "https://auth.example.com/token", "service": "registry"}},
+        "metrics": {"podAnnotations": True, "serviceMonitor": {"enabled": True}},
+    },
+}
+
+
+@dataclass
+class Rendered:
+    """One `helm template` run: the manifests as data, and NOTES.txt as text."""
+
+    files: dict[str, str]
+    manifests: list[dict[str, Any]]
+    notes: str
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.manifests if m["kind"] == kind]
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = self.all(kind)
+        assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+        return found[0]
+
+    def kinds(self) -> set[str]:
+        return {m["kind"] for m in self.manifests}
+
+    @property
+    def pod(self) -> dict[str, Any]:
+        spec: dict[str, Any] = self.one("Deployment")["spec"]["template"]["spec"]
+        return spec
+
+    @property
+    def container(self) -> dict[str, Any]:
+        containers = self.pod["containers"]
+        assert len(containers) == 1
+        container: dict[str, Any] = containers[0]
+        return container
+
+    def env(self) -> dict[str, dict[str, Any]]:
+        return {item["name"]: item for item in self.container.get("env", [])}
+
+    def volume(self, name: str) -> dict[str, Any]:
+        return next(v for v in self.pod["volumes"] if v["name"] == name)
+
+    def mount(self, name: str) -> dict[str, Any]:
+        return next(m for m in self.container["volumeMounts"] if m["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[Any]:
+    loaded = helm.Chart.load(str(CHART_DIR))
+    try:
+        yield loaded
+    finally:
+        loaded.close()
+
+
+def render(chart: Any, values: dict[str, Any]) -> Rendered:
+    files = chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+    manifests: list[dict[str, Any]] = []
+    for path, text in sorted(files.items()):
+        if path.endswith(".yaml"):
+            manifests.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    notes = next((text for path, text in files.items() if path.endswith("/NOTES.txt")), "")
+    return Rendered(files=files, manifests=manifests, notes=notes)
+
+
+def template_text(rendered: Rendered, template: str) -> str:
+    return rendered.files[f"storj-registry/templates/{template}"]
+
+
+# --- the chart as a whole -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_lint_strict_reports_no_error_or_warning(values: dict[str, Any]) -> None:
+    report = helm.lint(str(CHART_DIR), copy.deepcopy(values), strict=True, kube_version=LINT_KUBE_VERSION)
+    assert report["total_charts_linted"] == 1
+    assert report["errors"] == []
+    # Severity 1 is informational ("icon is recommended"); 2 is a warning, 3 an error.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_every_manifest_is_valid_kubernetes(chart: Any, values: dict[str, Any], kube_version: str) -> None:
+    rendered = render(chart, values)
+    assert {"Deployment", "Service", "ServiceAccount"} <= rendered.kinds()
+    for manifest in rendered.manifests:
+        if manifest["apiVersion"].split("/")[0] in CRD_GROUPS:
+            continue  # no bundled schema; see test_servicemonitor_scrapes_metrics
+        label = f"{manifest['kind']}/{manifest['metadata']['name']}"
+        try:
+            kv.validate(manifest, kube_version, strict=True)
+        except kv.ValidationError as exc:
+            where = "/".join(str(part) for part in exc.path)
+            pytest.fail(f"{label} is invalid for Kubernetes {kube_version}: {exc.message} at {where}")
+        assert manifest["metadata"]["namespace"] == NAMESPACE, label
+        assert manifest["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE, label
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_selectors_match_the_pods(chart: Any, values: dict[str, Any]) -> None:
+    rendered = render(chart, values)
+    deployment = rendered.one("Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selectors = [
+        deployment["spec"]["selector"]["matchLabels"],
+        rendered.one("Service")["spec"]["selector"],
+        *(pdb["spec"]["selector"]["matchLabels"] for pdb in rendered.all("PodDisruptionBudget")),
+    ]
+    for selector in selectors:
+        assert selector and selector.items() <= pod_labels.items()
+
+
+# --- defaults: a hardened single pod on an emptyDir -----------------------------------------------
+
+
+def test_defaults_render_only_the_basic_objects(chart: Any) -> None:
+    rendered = render(chart, {})
+    assert rendered.kinds() == {"Deployment", "Service", "ServiceAccount", "Secret"}
+    assert rendered.one("Deployment")["spec"]["replicas"] == 1
+
+
+def test_pod_runs_as_non_root_with_read_only_root_filesystem(chart: Any) -> None:
+    rendered = render(chart, {})
+    pod, container = rendered.pod, rendered.container
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_probes_hit_healthz_and_readyz_on_the_http_port(chart: Any) -> None:
+    container = render(chart, {}).container
+    assert container["ports"] == [{"name": "http", "containerPort": 5000, "protocol": "TCP"}]
+    liveness, readiness = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
+    assert (liveness["path"], liveness["port"], liveness["scheme"]) == ("/healthz", "http", "HTTP")
+    assert (readiness["path"], readiness["port"], readiness["scheme"]) == ("/readyz", "http", "HTTP")
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_staging_and_tmp_are_size_limited_empty_dirs(chart: Any) -> None:
+    rendered = render(chart, {})
+    assert rendered.env()["REGISTRY_STAGING_DIR"]["value"] == STAGING_DIR
+    assert rendered.mount("staging")["mountPath"] == STAGING_DIR
+    assert rendered.volume("staging")["emptyDir"] == {"sizeLimit": "20Gi"}
+    assert rendered.mount("tmp")["mountPath"] == "/tmp"
+    assert rendered.volume("tmp")["emptyDir"]["sizeLimit"] == "1Gi"
+
+
+def test_settings_reach_the_container_as_registry_variables(chart: Any) -> None:
+    values = {
+        **S3,
+        "storage": {
+            **S3["storage"],
+            "s3": {**S3["storage"]["s3"], "prefix": "team-a", "region": "us-east-1"},
+        },
+        "maxManifestBytes": 8388608,
+        "deleteEnabled": True,
+        "logFormat": "text",
+        "extraEnv": [{"name": "REGISTRY_S3_MAX_CONCURRENCY", "value": "8"}],
+    }
+    env = render(chart, values).env()
+    plain = {name: item["value"] for name, item in env.items() if "value" in item}
+    assert plain == {
+        "REGISTRY_STORAGE": "s3",
+        "REGISTRY_STAGING_DIR": STAGING_DIR,
+        "REGISTRY_S3_ENDPOINT": "https://gateway.storjshare.io",
+        "REGISTRY_S3_BUCKET": "images",
+        "REGISTRY_S3_PREFIX": "team-a",
+        "REGISTRY_S3_REGION": "us-east-1",
+        "REGISTRY_PUBLIC_URL": "https://registry.example.com",
+        "REGISTRY_MAX_MANIFEST_BYTES": "8388608",
+        "REGISTRY_DELETE_ENABLED": "true",
+        "REGISTRY_LOG_FORMAT": "text",
+        "REGISTRY_S3_MAX_CONCURRENCY": "8",
+        "TMPDIR": "/tmp",
+    }
+
+
+def test_s3_credentials_come_only_from_the_secret(chart: Any) -> None:
+    rendered = render(chart, S3)
+    env = rendered.env()
+    for name, key in (
+        ("REGISTRY_S3_ACCESS_KEY", "s3-access-key"),
+        ("REGISTRY_S3_SECRET_KEY", "s3-secret-key"),
+    ):
+        assert "value" not in env[name]
+        assert env[name]["valueFrom"] == {"secretKeyRef": {"name": FULLNAME, "key": key}}
+    for manifest in rendered.manifests:
+        text = yaml.safe_dump(manifest)
+        assert ACCESS_KEY not in text and SECRET_KEY not in text, manifest["kind"]
+    secret = rendered.one("Secret")
+    assert secret["metadata"]["name"] == FULLNAME
+    decoded = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    assert decoded == {"s3-access-key": ACCESS_KEY, "s3-secret-key": SECRET_KEY}
+
+
+def test_secret_checksum_rolls_the_pods_when_credentials_change(chart: Any) -> None:
+    rendered = render(chart, S3)
+    annotation = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+    assert annotation == hashlib.sha256(template_text(rendered, "secret.yaml").encode()).hexdigest()
+    rotated = copy.deepcopy(S3)
+    rotated["storage"]["s3"]["secretKey"] = "rotated-secret"
+    other = render(chart, rotated).one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert other["checksum/secret"] != annotation
+
+
+def test_service_exposes_port_5000_without_affinity_for_one_pod(chart: Any) -> None:
+    service = render(chart, {}).one("Service")["spec"]
+    assert service["type"] == "ClusterIP"
+    assert service["ports"] == [{"name": "http", "port": 5000, "targetPort": "http", "protocol": "TCP"}]
+    assert service["sessionAffinity"] == "None"
+
+
+def test_notes_give_port_forward_push_and_public_pull_address(chart: Any) -> None:
+    notes = render(chart, S3).notes
+    assert f"port-forward svc/{FULLNAME} 5000:5000" in notes
+    assert "docker push localhost:5000/NAME:TAG" in notes
+    assert "docker pull registry.example.com/NAME:TAG" in notes
+    assert "https://registry.example.com/v2/" in notes
+    assert "insecure-registries" not in notes
+    assert "WARNING" not in notes
+
+
+def test_notes_warn_about_missing_settings_and_plain_http_pulls(chart: Any) -> None:
+    assert "publicUrl is empty" in render(chart, {}).notes
+    assert "storage.s3.bucket is empty" in render(chart, {}).notes
+    notes = render(chart, {**S3, "publicUrl": "http://pull.example.com"}).notes
+    assert '"insecure-registries": ["pull.example.com"]' in notes
+
+
+# --- ingress for large pushes ---------------------------------------------------------------------
+
+
+def test_ingress_streams_unlimited_bodies_with_long_timeouts(chart: Any) -> None:
+    ingress = render(chart, INGRESS_TLS).one("Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "0"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "900"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"] == "900"
+    assert "nginx.ingress.kubernetes.io/upstream-hash-by" not in annotations  # one pod: no affinity needed
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    assert spec["tls"] == [{"hosts": ["push.example.com"], "secretName": "push-tls"}]
+    (rule,) = spec["rules"]
+    assert rule["host"] == "push.example.com"
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/v2", "Prefix")
+    assert path["backend"] == {"service": {"name": FULLNAME, "port": {"number": 5000}}}
+
+
+def test_ingress_user_annotations_win_and_defaults_can_be_dropped(chart: Any) -> None:
+    values = copy.deepcopy(INGRESS_TLS)
+    values["ingress"]["annotations"] = {"nginx.ingress.kubernetes.io/proxy-body-size": "20g", "team": "infra"}
+    annotations = render(chart, values).one("Ingress")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "20g"
+    assert annotations["team"] == "infra"
+    values["ingress"] = {
+        **values["ingress"],
+        "nginxLargeUploads": False,
+        "annotations": {},
+        "className": "traefik",
+    }
+    ingress = render(chart, values).one("Ingress")
+    assert "annotations" not in ingress["metadata"]
+    assert ingress["spec"]["ingressClassName"] == "traefik"
+
+
+def test_notes_give_the_ingress_push_address(chart: Any) -> None:
+    notes = render(chart, INGRESS_TLS).notes
+    assert "https://push.example.com/v2/" in notes
+    assert "docker push push.example.com/NAME:TAG" in notes
+    assert "port-forward" not in notes
+    plain = copy.deepcopy(INGRESS_TLS)
+    plain["ingress"]["tls"] = []
+    assert '"insecure-registries": ["push.example.com"]' in render(chart, plain).notes
+
+
+# --- existing Secret ------------------------------------------------------------------------------
+
+
+def test_existing_secret_creates_no_secret_and_is_referenced(chart: Any) -> None:
+    rendered = render(chart, EXISTING_SECRET)
+    assert "Secret" not in rendered.kinds()
+    env = rendered.env()
+    assert env["REGISTRY_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "storj-credentials"
+    assert env["REGISTRY_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "storj-credentials"
+    htpasswd = rendered.volume("htpasswd")["secret"]
+    assert htpasswd["secretName"] == "storj-credentials"
+    assert htpasswd["items"] == [{"key": "htpasswd", "path": "htpasswd"}]
+    mount = rendered.mount("htpasswd")
+    assert mount["readOnly"] is True
+    assert env["REGISTRY_AUTH_HTPASSWD"]["value"] == f"{mount['mountPath']}/htpasswd"
+    assert "WARNING: S3 credentials" not in rendered.notes
+
+
+def test_existing_secret_key_names_are_configurable(chart: Any) -> None:
+    values = {
+        **EXISTING_SECRET,
+        "secretKeys": {"s3AccessKey": "AWS_ACCESS_KEY_ID", "s3SecretKey": "AWS_SECRET"},
+    }
+    env = render(chart, values).env()
+    assert env["REGISTRY_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "AWS_ACCESS_KEY_ID"
+    assert env["REGISTRY_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "AWS_SECRET"
+
+
+def test_htpasswd_content_goes_into_the_chart_secret(chart: Any) -> None:
+    rendered = render(chart, {**S3, "auth": {"htpasswd": {"enabled": True, "content": HTPASSWD}}})
+    secret = rendered.one("Secret")
+    assert base64.b64decode(secret["data"]["htpasswd"]).decode() == HTPASSWD
+    assert rendered.volume("htpasswd")["secret"]["secretName"] == FULLNAME
+    assert all(HTPASSWD not in yaml.safe_dump(m) for m in rendered.manifests)
+
+
+def test_htpasswd_without_content_or_existing_secret_is_refused(chart: Any) -> None:
+    with pytest.raises(helm.HelmError, match=r"auth\.htpasswd\.content is required"):
+        render(chart, {**S3, "auth": {"htpasswd": {"enabled": True}}})
+
+
+# --- staging on a PersistentVolumeClaim -----------------------------------------------------------
+
+
+def test_staging_pvc_is_created_and_mounted_at_the_staging_dir(chart: Any) -> None:
+    rendered = render(chart, STAGING_PVC)
+    pvc = rendered.one("PersistentVolumeClaim")
+    assert pvc["metadata"]["name"] == f"{FULLNAME}-staging"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    assert pvc["spec"]["storageClassName"] == "fast-ssd"
+    assert rendered.volume("staging") == {
+        "name": "staging",
+        "persistentVolumeClaim": {"claimName": f"{FULLNAME}-staging"},
+    }
+    assert rendered.mount("staging")["mountPath"] == STAGING_DIR
+    assert rendered.env()["REGISTRY_STAGING_DIR"]["value"] == STAGING_DIR
+    # A ReadWriteOnce claim cannot be attached to a surge pod on another node.
+    assert rendered.one("Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_staging_existing_claim_is_used_as_is(chart: Any) -> None:
+    values = copy.deepcopy(STAGING_PVC)
+    values["staging"]["persistence"]["existingClaim"] = "shared-staging"
+    values["staging"]["mountPath"] = "/staging"
+    rendered = render(chart, values)
+    assert "PersistentVolumeClaim" not in rendered.kinds()
+    assert rendered.volume("staging")["persistentVolumeClaim"] == {"claimName": "shared-staging"}
+    assert rendered.mount("staging")["mountPath"] == "/staging"
+    assert rendered.env()["REGISTRY_STAGING_DIR"]["value"] == "/staging"
+
+
+def test_storage_class_dash_disables_dynamic_provisioning(chart: Any) -> None:
+    values = copy.deepcopy(STAGING_PVC)
+    values["staging"]["persistence"]["storageClass"] = "-"
+    assert render(chart, values).one("PersistentVolumeClaim")["spec"]["storageClassName"] == ""
+    values["staging"]["persistence"]["storageClass"] = ""
+    assert "storageClassName" not in render(chart, values).one("PersistentVolumeClaim")["spec"]
+
+
+# --- several replicas -----------------------------------------------------------------------------
+
+
+def test_autoscaled_replicas_with_budget_and_shared_staging(chart: Any) -> None:
+    rendered = render(chart, SCALED)
+    deployment = rendered.one("Deployment")
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    hpa = rendered.one("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": FULLNAME}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 8)
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+    pdb = rendered.one("PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 2 and "maxUnavailable" not in pdb["spec"]
+    assert rendered.one("PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
+    # Shared staging: any pod can take any request of an upload.
+    assert rendered.one("Service")["spec"]["sessionAffinity"] == "None"
+    assert "NOTE: several pods" not in rendered.notes
+
+
+def test_replicas_without_shared_staging_fall_back_to_client_affinity(chart: Any) -> None:
+    values = {**INGRESS_TLS, "replicaCount": 3}
+    rendered = render(chart, values)
+    assert rendered.one("Deployment")["spec"]["replicas"] == 3
+    service = rendered.one("Service")["spec"]
+    assert service["sessionAffinity"] == "ClientIP"
+    assert service["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 10800}}
+    annotations = rendered.one("Ingress")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$binary_remote_addr"
+    assert "ReadWriteMany" in rendered.notes
+    forced = render(chart, {**values, "service": {"sessionAffinity": "None"}})
+    assert forced.one("Service")["spec"]["sessionAffinity"] == "None"
+
+
+def test_pdb_defaults_to_max_unavailable_one(chart: Any) -> None:
+    pdb = render(chart, {"podDisruptionBudget": {"enabled": True}}).one("PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+
+
+def test_servicemonitor_scrapes_metrics(chart: Any) -> None:
+    rendered = render(chart, SCALED)
+    monitor = rendered.one("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["name"] == FULLNAME
+    assert monitor["metadata"]["namespace"] == NAMESPACE
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    spec = monitor["spec"]
+    assert set(spec) == {"selector", "namespaceSelector", "endpoints"}
+    assert spec["selector"]["matchLabels"].items() <= rendered.one("Service")["metadata"]["labels"].items()
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = spec["endpoints"]
+    service_ports = {p["name"] for p in rendered.one("Service")["spec"]["ports"]}
+    assert endpoint["port"] in service_ports
+    assert endpoint == {
+        "port": "http",
+        "path": "/metrics",
+        "scheme": "http",
+        "interval": "30s",
+        "scrapeTimeout": "10s",
+    }
+
+
+# --- other modes ----------------------------------------------------------------------------------
+
+
+def test_filesystem_storage_mounts_data_and_needs_no_secret(chart: Any) -> None:
+    rendered = render(chart, VALUE_SETS["filesystem"])
+    assert "Secret" not in rendered.kinds()
+    env = rendered.env()
+    assert env["REGISTRY_STORAGE"]["value"] == "filesystem"
+    assert not any(name.startswith("REGISTRY_S3_") for name in env)
+    data_dir = env["REGISTRY_DATA_DIR"]["value"]
+    assert rendered.mount("data")["mountPath"] == data_dir
+    assert "emptyDir" in rendered.volume("data")
+    assert "these pods serve pulls themselves" in rendered.notes
+    assert "WARNING" not in rendered.notes
+    scaled = render(chart, {**VALUE_SETS["filesystem"], "replicaCount": 2})
+    assert "storage.type=filesystem keeps images on each pod's own volume" in scaled.notes
+
+
+def test_pod_tls_switches_probes_and_scrapes_to_https(chart: Any) -> None:
+    rendered = render(chart, VALUE_SETS["pod-tls-token-auth"])
+    container = rendered.container
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    env = rendered.env()
+    tls_dir = rendered.mount("tls")["mountPath"]
+    assert env["REGISTRY_TLS_CERT"]["value"] == f"{tls_dir}/tls.crt"
+    assert env["REGISTRY_TLS_KEY"]["value"] == f"{tls_dir}/tls.key"
+    assert rendered.volume("tls")["secret"]["secretName"] == "pod-tls"
+    assert rendered.one("ServiceMonitor")["spec"]["endpoints"][0]["scheme"] == "https"
+    pod_annotations = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert pod_annotations["prometheus.io/scheme"] == "https"
+    assert env["REGISTRY_AUTH_TOKEN_REALM"]["value"] == "https://auth.example.com/token"
+    assert env["REGISTRY_AUTH_TOKEN_SERVICE"]["value"] == "registry"
+
+
+def test_pod_tls_without_a_secret_name_is_refused(chart: Any) -> None:
+    with pytest.raises(helm.HelmError, match=r"tls\.secretName is required"):
+        render(chart, {**S3, "tls": {"enabled": True}})
+
+
+def test_image_reference_from_tag_or_digest(chart: Any) -> None:
+    assert render(chart, {}).container["image"] == "storj-registry:0.1.0"
+    tagged = render(chart, {"image": {"repository": "ghcr.io/acme/storj-registry", "tag": "1.2.3"}})
+    assert tagged.container["image"] == "ghcr.io/acme/storj-registry:1.2.3"
+    digest = "sha256:" + "a" * 64
+    pinned = render(chart, {"image": {"repository": "ghcr.io/acme/storj-registry", "digest": digest}})
+    assert pinned.container["image"] == f"ghcr.io/acme/storj-registry@{digest}"
+
+
+# --- the schema catches mistakes before anything is rendered --------------------------------------
+
+BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
+    "replicas-as-word": ({"replicaCount": "three"}, "replicaCount"),
+    "unknown-top-level-key": ({"replicas": 3}, "replicas"),
+    "misspelt-nested-key": ({"staging": {"sizelimit": "10Gi"}}, "sizelimit"),
+    "unknown-storage": ({"storage": {"type": "gcs"}}, "storage/type"),
+    "staging-access-mode": ({"staging": {"persistence": {"accessMode": "RWX"}}}, "accessMode"),
+    "relative-staging-dir": ({"staging": {"mountPath": "staging"}}, "mountPath"),
+    "bad-quantity": ({"staging": {"sizeLimit": "lots"}}, "sizeLimit"),
+    "public-url-without-scheme": ({"publicUrl": "registry.example.com"}, "publicUrl"),
+    "log-format": ({"logFormat": "xml"}, "logFormat"),
+    "affinity-mode": ({"service": {"sessionAffinity": "Sticky"}}, "sessionAffinity"),
+    "tiny-manifest-limit": ({"maxManifestBytes": 10}, "maxManifestBytes"),
+    "ingress-path-type": (
+        {"ingress": {"hosts": [{"host": "a.example.com", "paths": [{"path": "/v2", "pathType": "Any"}]}]}},
+        "pathType",
+    ),
+}
+
+
+@pytest.mark.parametrize(("values", "where"), BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_schema_rejects_bad_values(chart: Any, values: dict[str, Any], where: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=where):
+        chart.validate_schema(copy.deepcopy(values))
+    with pytest.raises(helm.HelmValuesError, match=where):
+        render(chart, values)
+
+
+def test_lint_reports_schema_violations_as_errors() -> None:
+    report = helm.lint(str(CHART_DIR), {"replicaCount": "three"}, strict=True, kube_version=LINT_KUBE_VERSION)
+    assert report["errors"], report
+    assert any("replicaCount" in error for error in report["errors"])
+
+
+def test_schema_accepts_every_documented_default(chart: Any) -> None:
+    chart.validate_schema(chart.values)
+    chart.validate_schema({"global": {"imageRegistry": "mirror.example.com"}})  # parent charts pass `global`
