@@ -7,6 +7,7 @@ import logging
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from app.api.deps import RegistryDep, next_link, paginate, parse_page_size
@@ -23,6 +24,11 @@ router = APIRouter()
 @router.api_route("/v2/", methods=["GET", "HEAD"])
 async def api_version() -> Response:
     return JSONResponse({}, headers=API_VERSION)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v2/_catalog")

@@ -8,6 +8,7 @@ from anyio.to_thread import run_sync as run
 
 from app import layout
 from app.errors import BlobUnknown
+from app.metrics import COMMITTED_BLOBS
 from app.registry.indexes import Indexes
 from app.registry.uploads import Upload, Uploads
 from app.storage import ObjectInfo, Storage
@@ -58,6 +59,7 @@ class Blobs:
                 await run(self.storage.copy, layout.blob(source, digest), layout.blob(name, digest))
             except KeyError:
                 return False
+            COMMITTED_BLOBS.labels("mount").inc()
         return True
 
     async def delete(self, name: str, digest: str) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from app.errors import BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
+from app.metrics import ACTIVE_UPLOADS, RECEIVED_BYTES
 from app.registry.references import ALGORITHMS, algorithm_of
 
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -126,18 +127,21 @@ class Uploads:
             raise RangeInvalid("chunk does not continue the upload", detail={"size": current, "start": start})
         running = self._hash_at(upload.id, current)
         written = 0
+        received = RECEIVED_BYTES.labels(upload.name)
         try:
-            with open(upload.data, "ab") as handle:
+            with ACTIVE_UPLOADS.track_inprogress(), open(upload.data, "ab") as handle:
                 batch = bytearray()
                 async for chunk in body:
                     batch += chunk
                     if len(batch) >= WRITE_BATCH:
                         await anyio.to_thread.run_sync(_write_and_hash, handle, running, bytes(batch))
                         written += len(batch)
+                        received.inc(len(batch))
                         batch.clear()
                 if batch:
                     await anyio.to_thread.run_sync(_write_and_hash, handle, running, bytes(batch))
                     written += len(batch)
+                    received.inc(len(batch))
         except BaseException:
             self._hashes.pop(upload.id, None)
             raise
