@@ -14,6 +14,7 @@ INDEX_HTML = "v2/index.html"
 CATALOG = "v2/_catalog"
 JSON = "application/json"
 HTML = "text/html"
+TEXT = "text/plain"
 OCTET_STREAM = "application/octet-stream"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
@@ -49,6 +50,14 @@ def referrers_dir(name: str) -> str:
 
 def repository_dir(name: str) -> str:
     return f"v2/{name}/"
+
+
+def blob_location(digest: str) -> str:
+    """Record naming one repository that holds blob `digest` (automatic layer sharing, README "Shared layers").
+
+    `_blobs` cannot be a repository name (names start with `[a-z0-9]`), so the key never collides with one.
+    """
+    return f"v2/_blobs/{digest}"
 
 
 def name_from_tags_list_key(key: str) -> str | None:

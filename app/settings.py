@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     public_url: str = ""
     max_manifest_bytes: int = Field(default=4 * MiB, ge=1024)
     delete_enabled: bool = False
+    share_blobs: bool = True
 
     @field_validator("s3_prefix")
     @classmethod

@@ -9,16 +9,31 @@ from app import layout
 from app.api.deps import RegistryDep
 from app.api.ranges import parse_range
 from app.errors import Unsupported
+from app.registry.blobs import SourceCheck
 from app.registry.references import check_digest, check_name
 
 router = APIRouter()
+
+
+def sources_for(request: Request) -> SourceCheck:
+    """Which repositories the caller may share blobs from on a HEAD miss.
+
+    Authorization hook: copying a blob into the caller's repository hands them its bytes, so an auth layer must
+    allow only repositories the caller may pull from (as for `?mount=&from=`). Without auth, every one is open.
+    """
+
+    async def readable(source: str) -> bool:
+        return True
+
+    return readable
 
 
 @router.api_route("/v2/{name:path}/blobs/{digest}", methods=["GET", "HEAD"])
 async def get_blob(name: str, digest: str, request: Request, registry: RegistryDep) -> Response:
     check_name(name)
     check_digest(digest)
-    info = await registry.blobs.require(name, digest)
+    share = request.method == "HEAD" and registry.settings.share_blobs
+    info = await registry.blobs.require(name, digest, sources_for(request) if share else None)
     headers = {
         "Docker-Content-Digest": digest,
         "Content-Type": layout.OCTET_STREAM,

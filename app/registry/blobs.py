@@ -1,8 +1,9 @@
-"""Blobs: committing verified uploads to the bucket, cross-repository mounts, reads and deletes."""
+"""Blobs: committing verified uploads to the bucket, cross-repository mounts and sharing, reads and deletes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 
 from anyio.to_thread import run_sync as run
 
@@ -10,8 +11,14 @@ from app import layout
 from app.errors import BlobUnknown
 from app.metrics import COMMITTED_BLOBS
 from app.registry.indexes import Indexes
+from app.registry.references import NAME_RE
 from app.registry.uploads import Upload, Uploads
-from app.storage import ObjectInfo, Storage
+from app.storage import ObjectInfo, Storage, StorageFault
+
+log = logging.getLogger("storj_registry")
+
+# May the caller copy blobs out of this repository? (the authorization hook for automatic sharing)
+SourceCheck = Callable[[str], Awaitable[bool]]
 
 
 class Blobs:
@@ -23,8 +30,11 @@ class Blobs:
     async def stat(self, name: str, digest: str) -> ObjectInfo | None:
         return await run(self.storage.stat, layout.blob(name, digest))
 
-    async def require(self, name: str, digest: str) -> ObjectInfo:
+    async def require(self, name: str, digest: str, share_from: SourceCheck | None = None) -> ObjectInfo:
+        """The blob's info, or BLOB_UNKNOWN; with `share_from`, first try copying it from another repository."""
         info = await self.stat(name, digest)
+        if info is None and share_from is not None:
+            info = await self.share(name, digest, share_from)
         if info is None:
             raise BlobUnknown("blob unknown to registry", detail={"digest": digest})
         return info
@@ -46,10 +56,38 @@ class Blobs:
                     layout.OCTET_STREAM,
                     layout.MANIFEST_CACHE_IMMUTABLE,
                 )
+                await self._remember(upload.name, digest)
             self.uploads.discard(upload)
         return size
 
-    async def mount(self, name: str, digest: str, source: str) -> bool:
+    async def _remember(self, name: str, digest: str) -> None:
+        """Record that `name` holds `digest`, so other repositories can share it without listing the bucket.
+
+        Best effort: the blob is already committed, and a missing or stale record only costs a later upload.
+        """
+        try:
+            await run(
+                self.storage.put_bytes, layout.blob_location(digest), name.encode(), layout.TEXT, layout.MUTABLE_CACHE
+            )
+        except StorageFault as exc:
+            log.warning("could not record the location of %s: %s", digest, exc)
+
+    async def share(self, name: str, digest: str, allowed: SourceCheck) -> ObjectInfo | None:
+        """Copy `digest` into `name` from the repository its location record names, if that one still has it.
+
+        A record is only a hint (the source may have lost the blob since), so `mount` checks the source first.
+        """
+        found = await run(self.storage.read_small, layout.blob_location(digest))
+        if found is None:
+            return None
+        source = found[0].decode("utf-8", "replace")
+        if source == name or not NAME_RE.fullmatch(source) or not await allowed(source):
+            return None
+        if not await self.mount(name, digest, source, how="share"):
+            return None
+        return await self.stat(name, digest)
+
+    async def mount(self, name: str, digest: str, source: str, how: str = "mount") -> bool:
         """Copy a blob from another repository server-side (metadata-only on Storj); False if it lacks it."""
         if await self.stat(source, digest) is None:
             return False
@@ -59,7 +97,7 @@ class Blobs:
                 await run(self.storage.copy, layout.blob(source, digest), layout.blob(name, digest))
             except KeyError:
                 return False
-            COMMITTED_BLOBS.labels("mount").inc()
+            COMMITTED_BLOBS.labels(how).inc()
         return True
 
     async def delete(self, name: str, digest: str) -> None:
