@@ -11,6 +11,7 @@ import random
 import socket
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -105,6 +106,21 @@ def test_seaweed_stores_content_type_and_cache_control(s3: S3Server) -> None:
     assert found["p/m"].cache_control == "no-cache"
     assert (found["p/b"].size, found["p/b"].cache_control) == (5, None)
     assert set(s3.objects("meta")) == {"p/b", "p/m", "q/other"}
+
+
+def test_client_ignores_a_dangling_aws_ca_bundle(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_CA_BUNDLE", "/nonexistent/ca.pem")
+    assert "Buckets" in s3.client().list_buckets()
+
+
+def test_empty_put_does_not_stall_the_next_put(s3: S3Server) -> None:
+    """The client drops `Expect: 100-continue` (see seaweed.drop_expect_continue)."""
+    s3.create_bucket("expect")
+    client = s3.client(read_timeout=5, retries={"max_attempts": 1})
+    started = time.monotonic()
+    client.put_object(Bucket="expect", Key="empty", Body=b"")
+    client.put_object(Bucket="expect", Key="full", Body=b"{}")
+    assert time.monotonic() - started < 3
 
 
 def test_two_seaweed_instances_run_side_by_side_and_stop_cleanly(s3: S3Server, tmp_path: Path) -> None:
@@ -217,7 +233,7 @@ def test_options_answers_cors(share: StaticBucketServer) -> None:
 
 
 def test_trailing_slash_serves_index_html(share: StaticBucketServer) -> None:
-    assert request(share.url, "GET", "/v2/")[:1] == (200,)
+    assert request(share.url, "GET", "/v2/")[0] == 200
     status, headers, body = request(share.url, "GET", "/docs/")
     assert (status, headers["Content-Type"], body) == (200, "text/html", b"<h1>docs</h1>")
 
@@ -260,6 +276,19 @@ def test_prefix_is_the_share_root(rooted: StaticBucketServer) -> None:
     assert request(rooted.url, "GET", "/v2")[0] == 303
     status, headers, body = request(rooted.url, "GET", "/outside.txt")
     assert (status, headers["Content-Type"], body) == (404, "text/html", b"<h1>gone</h1>")
+
+
+def test_body_is_read_from_the_version_that_was_headed(s3: S3Server, share: StaticBucketServer) -> None:
+    """A tag rewritten between HEAD and GET must not mix old headers with new bytes."""
+    put = s3.client().put_object
+    put(Bucket="share", Key="moving", Body=b"old", ContentType="text/plain")
+    stale = share.head("moving")
+    put(Bucket="share", Key="moving", Body=b"newer", ContentType="text/plain")
+    assert stale is not None
+    with pytest.raises(static_server.ObjectChanged):
+        share.open_body(stale, None)
+    status, headers, body = request(share.url, "GET", "/moving")
+    assert (status, headers["Content-Length"], body) == (200, "5", b"newer")
 
 
 def test_static_server_does_not_import_the_service() -> None:
@@ -328,6 +357,36 @@ def test_umoci_unpacks_a_generated_image(tmp_path: Path) -> None:
         capture_output=True,
     )
     assert (tmp_path / "bundle/rootfs/layer-11.bin").read_bytes() == random.Random(11).randbytes(4096)
+
+
+def test_skopeo_pulls_an_image_through_the_static_server(
+    s3: S3Server, share: StaticBucketServer, tmp_path: Path
+) -> None:
+    """The stand-in is enough for a real client: the static layout written by hand, then pulled."""
+    skopeo = require_tool("skopeo")
+    image = images.write_image(tmp_path / "src", "v1", [images.make_layer(21, 50_000)])
+    put = s3.client().put_object
+    for digest in (image.config_digest, *image.layer_digests):
+        body = images.blob_path(tmp_path / "src", digest).read_bytes()
+        put(Bucket="share", Key=f"v2/demo/blobs/{digest}", Body=body, ContentType="application/octet-stream")
+    for reference in (image.manifest_digest, "v1"):
+        put(
+            Bucket="share",
+            Key=f"v2/demo/manifests/{reference}",
+            Body=image.manifest_bytes,
+            ContentType=image.media_type,
+        )
+
+    source = f"docker://{share.url.removeprefix('http://')}/demo:v1"
+    subprocess.run(
+        [skopeo, "copy", "--quiet", "--src-tls-verify=false", source, images.oci_ref(tmp_path / "pulled", "v1")],
+        check=True,
+        capture_output=True,
+    )
+    raw = subprocess.run(
+        [skopeo, "inspect", "--raw", images.oci_ref(tmp_path / "pulled", "v1")], capture_output=True, check=True
+    )
+    assert raw.stdout == image.manifest_bytes
 
 
 # --- tools -----------------------------------------------------------------------------------------------

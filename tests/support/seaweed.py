@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,13 +51,13 @@ class S3Server:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     log_path: Path | None = field(default=None, repr=False)
     ports: tuple[int, ...] = field(default=(), repr=False)
-    _admin: Any = field(default=None, repr=False)
+    _admin: Any = field(default=None, init=False, repr=False)
 
     def client(self, **config: Any) -> Any:
         """A new boto3 S3 client: path-style, checksums only when required (what Storj needs).
 
-        `verify=False` only for plain http: it stops botocore from resolving the machine's AWS_CA_BUNDLE,
-        which has nothing to verify on loopback http.
+        `verify=False` for plain http, so the machine's AWS_CA_BUNDLE (possibly pointing nowhere on another
+        machine) is never consulted; there is no TLS to verify on loopback http. `config` overrides options.
         """
         options: dict[str, Any] = {
             "s3": {"addressing_style": "path"},
@@ -66,7 +67,7 @@ class S3Server:
             "max_pool_connections": 32,
         }
         options.update(config)
-        return boto3.session.Session().client(
+        client = boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=self.access_key,
@@ -75,6 +76,8 @@ class S3Server:
             verify=False if self.endpoint.startswith("http://") else None,
             config=Config(**options),
         )
+        client.meta.events.register("before-send.s3", drop_expect_continue)
+        return client
 
     @property
     def admin(self) -> Any:
@@ -87,7 +90,11 @@ class S3Server:
         self.admin.create_bucket(Bucket=name)
 
     def objects(self, bucket: str, prefix: str = "") -> dict[str, ObjectMeta]:
-        """Every object under `prefix` (all pages), with the metadata a HEAD returns, keyed and sorted by key."""
+        """Every object under `prefix` (all pages), with the metadata a HEAD returns, keyed and sorted by key.
+
+        `prefix` is a plain S3 prefix ("reg" also matches "regional/..."). SeaweedFS's implicit directories are
+        not listed; it lists in its own tree order, hence the sort.
+        """
         keys: list[str] = []
         for page in self.admin.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             keys.extend(item["Key"] for item in page.get("Contents", []))
@@ -117,13 +124,24 @@ class S3Server:
         _remove_sockets(self.ports)
 
 
+def drop_expect_continue(request: Any, **_: Any) -> None:
+    """Send no `Expect: 100-continue` (botocore before-send hook).
+
+    botocore keeps the status line of a response that came instead of `100 Continue` (a zero-length PUT, which
+    Go servers answer at once) and parses the next response on that pooled connection against it: a 60 s
+    stall, then a silent retry that writes the object twice (boto/botocore#3755). The header is not signed.
+    """
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
 def start_seaweed(workdir: Path) -> S3Server:
     """Start `weed mini` with its data under `workdir` and wait until the S3 API answers ListBuckets."""
     weed = require_tool("weed")
     workdir.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
-    for attempt in range(START_ATTEMPTS):
-        server = _launch(weed, workdir / f"run{attempt}")
+    for _ in range(START_ATTEMPTS):
+        server = _launch(weed, Path(tempfile.mkdtemp(prefix="weed-", dir=workdir)))
         try:
             _wait_ready(server)
         except _StartError as exc:

@@ -36,6 +36,11 @@ class StoredObject:
     last_modified: datetime
     cache_control: str | None
     content_encoding: str | None
+    etag: str | None  # only to read the same version that was HEADed; never sent
+
+
+class ObjectChanged(Exception):
+    """The object was rewritten between HeadObject and GetObject (a tag update during a pull)."""
 
 
 @dataclass(frozen=True)
@@ -107,13 +112,22 @@ class StaticBucketServer:
             last_modified=head["LastModified"],
             cache_control=head.get("CacheControl"),
             content_encoding=head.get("ContentEncoding"),
+            etag=head.get("ETag"),
         )
 
-    def open_body(self, key: str, byte_range: tuple[int, int] | None) -> Any:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+    def open_body(self, obj: StoredObject, byte_range: tuple[int, int] | None) -> Any:
+        """The body of exactly the version `obj` describes, so headers and bytes always agree."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": obj.key}
+        if obj.etag:
+            kwargs["IfMatch"] = obj.etag
         if byte_range is not None:
             kwargs["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
-        return self.s3.get_object(**kwargs)["Body"]
+        try:
+            return self.s3.get_object(**kwargs)["Body"]
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (404, 412):
+                raise ObjectChanged(obj.key) from exc
+            raise
 
 
 def served_content_type(key: str, stored: str) -> str:
@@ -205,10 +219,16 @@ class _Handler(BaseHTTPRequestHandler):
         key = self.share.key_for(url_path)
         self.responded = False
         try:
-            self._resolve_and_send(url_path, key, send_body)
+            for attempt in range(3):
+                try:
+                    self._resolve_and_send(url_path, key, send_body)
+                    break
+                except ObjectChanged:
+                    if attempt == 2:
+                        raise
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        except ClientError as exc:
+        except (ClientError, ObjectChanged) as exc:
             self.close_connection = True
             if self.responded:  # failed mid-body: all we can do is cut the connection
                 return
@@ -232,15 +252,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_not_found(self, send_body: bool) -> None:
         page = self.share.head(self.share.root + "404.html")
-        self.send_response(HTTPStatus.NOT_FOUND)
         if page is None:
+            self.send_response(HTTPStatus.NOT_FOUND)
             self._send_small_body(b"404 page not found\n", "text/plain; charset=utf-8", send_body)
             return
+        body = self.share.open_body(page, None) if send_body else None
+        self.send_response(HTTPStatus.NOT_FOUND)
         self._send_common(page)
         self.send_header("Content-Length", str(page.size))
         self.end_headers()
-        if send_body:
-            self._stream(page.key, None)
+        self._stream(body)
 
     def _send_object(self, obj: StoredObject, send_body: bool) -> None:
         if self._not_modified(obj):
@@ -255,16 +276,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes */{obj.size}")
             self._send_small_body(b"invalid range\n", "text/plain; charset=utf-8", send_body)
             return
+        length = obj.size if byte_range is None else byte_range[1] - byte_range[0] + 1
+        body = self.share.open_body(obj, byte_range) if send_body and length > 0 else None
         self.send_response(HTTPStatus.PARTIAL_CONTENT if byte_range else HTTPStatus.OK)
         self._send_common(obj)
-        length = obj.size
         if byte_range is not None:
             self.send_header("Content-Range", f"bytes {byte_range[0]}-{byte_range[1]}/{obj.size}")
-            length = byte_range[1] - byte_range[0] + 1
         self.send_header("Content-Length", str(length))
         self.end_headers()
-        if send_body and length > 0:
-            self._stream(obj.key, byte_range)
+        self._stream(body)
 
     def _not_modified(self, obj: StoredObject) -> bool:
         since = self.headers["If-Modified-Since"]
@@ -299,9 +319,10 @@ class _Handler(BaseHTTPRequestHandler):
         if send_body and body:
             self.wfile.write(body)
 
-    def _stream(self, key: str, byte_range: tuple[int, int] | None) -> None:
-        """Copy the object to the client chunk by chunk; never holds a whole object in memory."""
-        body = self.share.open_body(key, byte_range)
+    def _stream(self, body: Any) -> None:
+        """Copy an open S3 body to the client chunk by chunk; never holds a whole object in memory."""
+        if body is None:
+            return
         try:
             for chunk in body.iter_chunks(CHUNK):
                 self.wfile.write(chunk)
