@@ -6,12 +6,15 @@ from fastapi import FastAPI
 
 from app.api import base, blobs, manifests, tags, uploads
 from app.registry import Registry, build_registry
+from app.registry.purging import purging_abandoned_uploads
 from app.settings import Settings, load_settings
 
 
 def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
     settings = settings or load_settings()
-    app = FastAPI(title="storj-registry", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="storj-registry", docs_url=None, redoc_url=None, openapi_url=None, lifespan=purging_abandoned_uploads
+    )
     app.state.settings = settings
     app.state.registry = registry or build_registry(settings)
     base.install_error_handlers(app)

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     public_url: str = ""
     max_manifest_bytes: int = Field(default=4 * MiB, ge=1024)
     delete_enabled: bool = False
+    upload_max_age_seconds: float = Field(default=24 * 3600, gt=0)
     share_blobs: bool = True
 
     @field_validator("s3_prefix")

@@ -106,8 +106,10 @@ class Uploads:
                 touched = max(directory.stat().st_mtime, (directory / "data").stat().st_mtime)
             except FileNotFoundError:
                 touched = 0
-            if touched < cutoff:
+            lock = self._locks.get(directory.name)
+            if touched < cutoff and not (lock and lock.locked()):  # a locked session is being committed
                 self._hashes.pop(directory.name, None)
+                self._locks.pop(directory.name, None)
                 shutil.rmtree(directory, ignore_errors=True)
                 removed += 1
         return removed

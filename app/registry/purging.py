@@ -1,0 +1,52 @@
+"""The background purge of abandoned upload sessions, so that staging never grows without bound.
+
+A client that dies mid-push leaves its session's bytes on the staging disk; nothing else would ever remove
+them. Sessions untouched for `REGISTRY_UPLOAD_MAX_AGE_SECONDS` are deleted, checked every quarter of that age
+(at most every ten minutes), so a session lives at most 1.25 times the age after its last byte arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+from app.registry.uploads import Uploads
+
+log = logging.getLogger("storj_registry")
+
+MAX_INTERVAL_SECONDS = 600.0
+
+
+def purge_interval(max_age_seconds: float) -> float:
+    return min(max_age_seconds / 4, MAX_INTERVAL_SECONDS)
+
+
+async def purge_forever(uploads: Uploads, max_age_seconds: float) -> None:
+    interval = purge_interval(max_age_seconds)
+    while True:
+        try:
+            removed = await anyio.to_thread.run_sync(uploads.purge_older_than, max_age_seconds)
+        except OSError as exc:  # the staging disk misbehaving must not end the purging for good
+            log.warning("purging abandoned uploads failed: %s", exc)
+        else:
+            if removed:
+                log.info("purged %d abandoned upload(s) older than %.0f s", removed, max_age_seconds)
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def purging_abandoned_uploads(app: FastAPI) -> AsyncIterator[None]:
+    """Lifespan of the app: the purge runs while the app serves."""
+    registry = app.state.registry
+    task = asyncio.create_task(purge_forever(registry.uploads, registry.settings.upload_max_age_seconds))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
