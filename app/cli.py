@@ -9,13 +9,15 @@ from app.settings import SettingsError, load_settings
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from app.lifecycle import serve as run_server
     from app.main import create_app
+    from app.observability import configure_logging
 
     settings = load_settings()
+    configure_logging(settings.log_format, args.log_level)  # before anything logs, create_app included
     app = create_app(settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False)
+    # uvicorn's own logging and access log are turned off, and the graceful stop set up, by app.lifecycle.serve.
+    run_server(app, settings, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False)
     return 0
 
 

@@ -113,3 +113,9 @@ class StorageUnavailable(RegistryError):
     """The bucket could not be reached or refused the write; the client should retry later."""
 
     status, code = 503, "UNAVAILABLE"
+
+
+class ShuttingDown(RegistryError):
+    """This replica is draining before it stops; the client should start the upload again (on another replica)."""
+
+    status, code = 503, "UNAVAILABLE"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.api import base, blobs, manifests, tags, uploads
+from app.api import base, blobs, health, manifests, tags, uploads
+from app.api.health import Readiness
+from app.lifecycle import Drain
+from app.observability import RequestObserver, instrument_storage
 from app.registry import Registry, build_registry
 from app.registry.purging import purging_abandoned_uploads
 from app.settings import Settings, load_settings
@@ -17,8 +20,13 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     )
     app.state.settings = settings
     app.state.registry = registry or build_registry(settings)
+    app.state.drain = Drain()
+    app.state.readiness = Readiness(app.state.registry.storage, app.state.registry.uploads.root)
+    instrument_storage(app.state.registry.storage)
     base.install_error_handlers(app)
     # Order matters: upload routes before blob routes, both before the catch-all shapes of manifests.
-    for module in (base, uploads, blobs, manifests, tags):
+    for module in (base, health, uploads, blobs, manifests, tags):
         app.include_router(module.router)
+    # Added last, so outermost: it sees every answer, those of other middlewares included.
+    app.add_middleware(RequestObserver)
     return app

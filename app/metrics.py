@@ -12,3 +12,20 @@ COMMIT_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 ACTIVE_UPLOADS = Gauge("registry_active_uploads", "Upload requests streaming a body right now")
+
+# Requests are labelled by the matched route's path template (`/v2/{name:path}/blobs/{digest}`), never by the raw
+# path, and by a fixed set of methods: clients cannot grow the number of series.
+HTTP_REQUESTS = Counter("registry_http_requests", "HTTP requests answered", ["method", "route", "status"])
+HTTP_REQUEST_SECONDS = Histogram(
+    "registry_http_request_duration_seconds",
+    "Time from the request's arrival to the end of its response",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+STORAGE_RETRIES = Counter("registry_storage_retries", "S3 request attempts that were retries", ["operation"])
+STORAGE_ERRORS = Counter(
+    "registry_storage_errors",
+    "S3 requests that failed after their retries (absent keys and create-only conflicts excluded)",
+    ["operation"],
+)
+STORAGE_FAULTS = Counter("registry_storage_faults", "Client requests answered 503 because the storage failed")

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     max_manifest_bytes: int = Field(default=4 * MiB, ge=1024)
     delete_enabled: bool = False
     upload_max_age_seconds: float = Field(default=24 * 3600, gt=0)
+
+    # Operations: log format, and the graceful stop on SIGTERM (see app/lifecycle.py).
+    log_format: Literal["text", "json"] = "text"
+    shutdown_drain_seconds: float = Field(default=0, ge=0, le=600)
+    shutdown_grace_seconds: float = Field(default=30, ge=0, le=3600)
     share_blobs: bool = True
 
     @field_validator("s3_prefix")

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 
 from app.api.deps import RegistryDep, next_link, paginate, parse_page_size
 from app.errors import RegistryError, StorageUnavailable, Unsupported
+from app.metrics import STORAGE_FAULTS
 from app.storage import StorageFault
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -50,6 +51,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StorageFault)
     async def storage_fault(request: Request, exc: StorageFault) -> JSONResponse:
+        STORAGE_FAULTS.inc()
         log.warning("storage fault on %s %s: %s", request.method, request.url.path, exc)
         error = StorageUnavailable(
             "the storage backend is unavailable, retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from app import layout
 from app.api.deps import RegistryDep
 from app.api.ranges import parse_content_range
 from app.errors import DigestInvalid
+from app.lifecycle import accepting_uploads
 from app.registry import Registry
 from app.registry.references import DIGEST_RE, NAME_RE, check_digest, check_name
 from app.registry.uploads import Upload
@@ -49,8 +50,8 @@ async def receive(registry: Registry, upload: Upload, request: Request) -> int:
         return await registry.uploads.append(upload, request.stream(), start, length)
 
 
-@router.post("/v2/{name:path}/blobs/uploads/")
-@router.post("/v2/{name:path}/blobs/uploads")
+@router.post("/v2/{name:path}/blobs/uploads/", dependencies=[Depends(accepting_uploads)])
+@router.post("/v2/{name:path}/blobs/uploads", dependencies=[Depends(accepting_uploads)])
 async def start_upload(name: str, request: Request, registry: RegistryDep) -> Response:
     check_name(name)
     params = request.query_params
