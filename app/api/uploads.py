@@ -10,7 +10,7 @@ from app.api.ranges import parse_content_range
 from app.errors import DigestInvalid
 from app.lifecycle import accepting_uploads
 from app.registry import Registry
-from app.registry.references import DIGEST_RE, NAME_RE, check_digest, check_name
+from app.registry.references import DIGEST_RE, NAME_RE, algorithm_of, check_digest, check_name
 from app.registry.uploads import Upload
 
 router = APIRouter()
@@ -86,9 +86,20 @@ async def finish_upload(name: str, upload_id: str, request: Request, registry: R
     if not digest:
         raise DigestInvalid("digest query parameter is required to finish an upload")
     check_digest(digest)
-    await receive(registry, upload, request)
+    if not await resends_staged_body(registry, upload, request, digest):
+        await receive(registry, upload, request)
     await registry.blobs.commit(upload, digest)
     return blob_created(name, digest)
+
+
+async def resends_staged_body(registry: Registry, upload: Upload, request: Request, digest: str) -> bool:
+    """Is this final PUT the retry of one whose body was staged but whose commit failed (store down, crash)?
+
+    Then the staged bytes already match the digest and the body is the same bytes again: appending them would
+    fail the digest check and lose the upload. Any other body appended to matching bytes could never match.
+    """
+    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    return has_body and await registry.uploads.staged_digest(upload, algorithm_of(digest)) == digest
 
 
 @router.get("/v2/{name:path}/blobs/uploads/{upload_id}")

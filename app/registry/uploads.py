@@ -167,16 +167,17 @@ class Uploads:
         self._hashes.pop(upload.id, None)
         os.truncate(upload.data, size)
 
+    async def staged_digest(self, upload: Upload, algorithm: str) -> str:
+        """Digest of the bytes staged so far: the running sha256 when it covers them all, else a re-read."""
+        running = self._hashes.get(upload.id)
+        if algorithm == "sha256" and running is not None and running.size == self.size(upload):
+            return "sha256:" + running.hasher.hexdigest()
+        return await anyio.to_thread.run_sync(_hash_file, upload.data, algorithm)
+
     async def verify(self, upload: Upload, digest: str) -> int:
         """Check the staged bytes against `digest`; on mismatch the session is discarded (400)."""
         size = self.size(upload)
-        algorithm = algorithm_of(digest)
-        running = self._hashes.get(upload.id)
-        if algorithm == "sha256" and running is not None and running.size == size:
-            actual = "sha256:" + running.hasher.hexdigest()
-        else:
-            actual = await anyio.to_thread.run_sync(_hash_file, upload.data, algorithm)
-        if actual != digest:
+        if await self.staged_digest(upload, algorithm_of(digest)) != digest:
             self.discard(upload)
             raise DigestInvalid("digest does not match the uploaded content", detail={"digest": digest})
         return size
