@@ -117,7 +117,7 @@ def start_containerd() -> Daemon:
         f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{directory / "opt"}"\n'
     )
     command = [containerd, "--config", str(config), "--log-level", "warn"]
-    daemon = _launch("containerd", command, directory, [ctr, "--address", str(socket), "--namespace", "e2e"])
+    daemon = _launch("containerd", command, directory, [ctr, "--address", str(socket)])
     _wait_ready(daemon, "version")
     return daemon
 
