@@ -9,6 +9,7 @@ from app.settings import SettingsError, load_settings
 
 
 def serve(args: argparse.Namespace) -> int:
+    from app.edge import server_options, warn_if_exposed
     from app.lifecycle import serve as run_server
     from app.main import create_app
     from app.observability import configure_logging
@@ -16,8 +17,10 @@ def serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings.log_format, args.log_level)  # before anything logs, create_app included
     app = create_app(settings)
+    warn_if_exposed(args.host, settings)
     # uvicorn's own logging and access log are turned off, and the graceful stop set up, by app.lifecycle.serve.
-    run_server(app, settings, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False)
+    options = server_options(settings)  # HTTPS, header-size bound (app.edge)
+    run_server(app, settings, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False, **options)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from app import edge
 from app.api import base, blobs, health, manifests, tags, uploads
 from app.api.health import Readiness
 from app.lifecycle import Drain
@@ -19,6 +20,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         title="storj-registry", docs_url=None, redoc_url=None, openapi_url=None, lifespan=purging_abandoned_uploads
     )
     app.state.settings = settings
+    edge.install(app, settings)  # auth, limits, proxy headers: before the routers, which it guards
     app.state.registry = registry or build_registry(settings)
     app.state.drain = Drain()
     app.state.readiness = Readiness(app.state.registry.storage, app.state.registry.uploads.root)

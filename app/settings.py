@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
 
@@ -41,6 +42,31 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     shutdown_drain_seconds: float = Field(default=0, ge=0, le=600)
     shutdown_grace_seconds: float = Field(default=30, ge=0, le=3600)
+
+    # Who may push (see app/auth): htpasswd users, bearer tokens, per-repository rules.
+    auth_htpasswd: Path | None = None
+    auth_access: Path | None = None
+    auth_anonymous_pull: bool = False
+    auth_max_failures: int = Field(default=10, ge=0)
+    auth_token_enabled: bool = False
+    auth_token_realm: str = ""
+    auth_token_service: str = "storj-registry"
+    auth_token_issuer: str = "storj-registry"
+    auth_token_key: Path | None = None
+    auth_token_ttl: int = Field(default=300, ge=30, le=86400)
+    auth_token_public_key: Path | None = None
+    auth_token_jwks: Path | None = None
+
+    # The network edge: HTTPS, reverse proxies, and limits on what one client may send.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    service_url: str = ""
+    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    max_blob_bytes: int = Field(default=10 * 1024 * MiB, ge=1)
+    staging_min_free_bytes: int = Field(default=512 * MiB, ge=0)
+    max_uploads_per_client: int = Field(default=16, ge=0)
+    upload_idle_timeout: float = Field(default=60, gt=0)
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096)
     share_blobs: bool = True
 
     @field_validator("s3_prefix")
@@ -51,13 +77,45 @@ class Settings(BaseSettings):
             raise ValueError("must be a plain key prefix without empty, '.' or '..' segments")
         return value
 
-    @field_validator("public_url")
+    @field_validator("public_url", "service_url", "auth_token_realm")
     @classmethod
     def _check_public_url(cls, value: str) -> str:
         value = value.rstrip("/")
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        """`10.0.0.0/8, 192.168.1.1` in the environment: a comma-separated list of CIDRs or addresses."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        try:
+            return tuple(ip_network(part, strict=False) for part in value)  # type: ignore[union-attr]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"must be comma-separated addresses or CIDRs ({exc})") from None
+
+    @model_validator(mode="after")
+    def _auth_is_coherent(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("REGISTRY_TLS_CERT and REGISTRY_TLS_KEY go together")
+        if self.auth_token_public_key and self.auth_token_jwks:
+            raise ValueError("set REGISTRY_AUTH_TOKEN_PUBLIC_KEY or REGISTRY_AUTH_TOKEN_JWKS, not both")
+        external = self.auth_token_public_key or self.auth_token_jwks
+        if external and not self.auth_token_enabled:
+            raise ValueError("an external token issuer needs REGISTRY_AUTH_TOKEN_ENABLED=true")
+        if external and not self.auth_token_realm:
+            raise ValueError("an external token issuer needs REGISTRY_AUTH_TOKEN_REALM (its token endpoint)")
+        if self.auth_token_enabled and not (external or self.auth_htpasswd):
+            raise ValueError("REGISTRY_AUTH_TOKEN_ENABLED needs REGISTRY_AUTH_HTPASSWD or an external issuer")
+        if self.auth_access and not self.auth_htpasswd:
+            raise ValueError("REGISTRY_AUTH_ACCESS needs REGISTRY_AUTH_HTPASSWD")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.auth_htpasswd or self.auth_token_enabled)
 
     @field_validator("s3_endpoint")
     @classmethod

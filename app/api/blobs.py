@@ -8,6 +8,8 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from app import layout
 from app.api.deps import RegistryDep
 from app.api.ranges import parse_range
+from app.auth import allowed
+from app.auth.access import PULL, PUSH
 from app.errors import Unsupported
 from app.registry.blobs import SourceCheck
 from app.registry.references import check_digest, check_name
@@ -15,15 +17,15 @@ from app.registry.references import check_digest, check_name
 router = APIRouter()
 
 
-def sources_for(request: Request) -> SourceCheck:
+def sources_for(request: Request, name: str) -> SourceCheck:
     """Which repositories the caller may share blobs from on a HEAD miss.
 
-    Authorization hook: copying a blob into the caller's repository hands them its bytes, so an auth layer must
-    allow only repositories the caller may pull from (as for `?mount=&from=`). Without auth, every one is open.
+    Copying a blob into the caller's repository hands them its bytes and writes to the bucket, so the caller
+    needs pull on the source (as for `?mount=&from=`) and push on its own repository. Without auth, all is open.
     """
 
     async def readable(source: str) -> bool:
-        return True
+        return allowed(request, name, PUSH) and allowed(request, source, PULL)
 
     return readable
 
@@ -33,7 +35,7 @@ async def get_blob(name: str, digest: str, request: Request, registry: RegistryD
     check_name(name)
     check_digest(digest)
     share = request.method == "HEAD" and registry.settings.share_blobs
-    info = await registry.blobs.require(name, digest, sources_for(request) if share else None)
+    info = await registry.blobs.require(name, digest, sources_for(request, name) if share else None)
     headers = {
         "Docker-Content-Digest": digest,
         "Content-Type": layout.OCTET_STREAM,

@@ -7,6 +7,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from app import layout
 from app.api.deps import RegistryDep
 from app.api.ranges import parse_content_range
+from app.auth import allowed
+from app.auth.access import PULL
 from app.errors import DigestInvalid
 from app.lifecycle import accepting_uploads
 from app.registry import Registry
@@ -57,6 +59,7 @@ async def start_upload(name: str, request: Request, registry: RegistryDep) -> Re
     params = request.query_params
     mount, source = params.get("mount"), params.get("from")
     mountable = mount and source and DIGEST_RE.fullmatch(mount) and NAME_RE.fullmatch(source) and source != name
+    mountable = mountable and allowed(request, source, PULL)  # else a normal session: never leak the blob
     if mountable and await registry.blobs.mount(name, mount, source):
         return blob_created(name, mount)
     digest = params.get("digest")

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import uvicorn
 
+from app.edge import server_options
 from app.main import create_app
 from app.settings import Settings
 from tests.support.tools import free_port
@@ -16,9 +17,16 @@ from tests.support.tools import free_port
 
 @contextmanager
 def running_registry(settings: Settings) -> Iterator[str]:
-    """Yield the base URL (`http://127.0.0.1:PORT`) of a registry serving `settings` until the block ends."""
+    """Yield the base URL (`http://127.0.0.1:PORT`) of a registry serving `settings` until the block ends.
+
+    The server runs with the options `storj-registry serve` gives uvicorn (HTTPS when the settings name a
+    certificate, then the URL is `https://`; no proxy headers believed but those `app.edge` trusts).
+    """
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    options = server_options(settings)
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", proxy_headers=False, **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -28,7 +36,7 @@ def running_registry(settings: Settings) -> Iterator[str]:
             raise RuntimeError("registry did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if 'ssl_certfile' in options else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

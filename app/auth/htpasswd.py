@@ -1,0 +1,98 @@
+"""Users and bcrypt password hashes from an htpasswd file, the format `htpasswd -B` writes (`user:$2y$...`).
+
+Only bcrypt entries are accepted: the other formats htpasswd knows (MD5 `$apr1$`, SHA1 `{SHA}`, crypt, plain)
+are fast to brute-force, so a file holding one stops the service at start instead of silently weakening it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from pathlib import Path
+
+import bcrypt
+
+BCRYPT_RE = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+BCRYPT_MAX_PASSWORD = 72  # bcrypt reads no further; htpasswd truncates the same way when hashing
+VERIFIED_TTL_SECONDS = 60.0
+
+
+class HtpasswdError(ValueError):
+    """The file cannot be used; the message names the line."""
+
+
+class Htpasswd:
+    """Password checks in constant time for known and unknown users alike.
+
+    Clients that use Basic auth send the password with every request; a bcrypt check costs tens of
+    milliseconds, so a successful check is remembered for a minute under a keyed hash of the credentials
+    (never the password itself).
+    """
+
+    def __init__(self, users: dict[str, bytes]) -> None:
+        if not users:
+            raise HtpasswdError("holds no users")
+        self._users = users
+        cost = max(int(BCRYPT_RE.fullmatch(h.decode())[1]) for h in users.values())  # type: ignore[index]
+        self._dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(cost))
+        self._cache_key = secrets.token_bytes(32)
+        self._verified: dict[bytes, float] = {}
+
+    @classmethod
+    def load(cls, path: Path) -> Htpasswd:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HtpasswdError(f"cannot read {path}: {exc}") from None
+        return cls(parse(text))
+
+    def verify(self, username: str, password: str) -> bool:
+        """Whether the pair is valid; slow on purpose (bcrypt), so call it from a worker thread."""
+        candidate = password.encode()[:BCRYPT_MAX_PASSWORD]
+        remembered = self._remember_key(username, candidate)
+        if self._verified.get(remembered, 0.0) > time.monotonic():
+            return True
+        stored = self._find(username)
+        valid = bcrypt.checkpw(candidate, stored or self._dummy) and stored is not None
+        if valid:
+            self._forget_expired()
+            self._verified[remembered] = time.monotonic() + VERIFIED_TTL_SECONDS
+        return valid
+
+    def _find(self, username: str) -> bytes | None:
+        """The user's hash, comparing every name in constant time so the lookup reveals nothing."""
+        wanted = username.encode()
+        found = None
+        for name, stored in self._users.items():
+            if hmac.compare_digest(name.encode(), wanted):
+                found = stored
+        return found
+
+    def _remember_key(self, username: str, password: bytes) -> bytes:
+        return hmac.new(self._cache_key, username.encode() + b"\0" + password, hashlib.sha256).digest()
+
+    def _forget_expired(self) -> None:
+        now = time.monotonic()
+        for key, until in list(self._verified.items()):
+            if until <= now:
+                self._verified.pop(key, None)
+
+
+def parse(text: str) -> dict[str, bytes]:
+    users: dict[str, bytes] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, stored = line.partition(":")
+        if not sep or not name:
+            raise HtpasswdError(f"line {number}: expected user:hash")
+        if not BCRYPT_RE.fullmatch(stored):
+            raise HtpasswdError(
+                f"line {number} (user {name!r}): only bcrypt hashes are accepted; create entries with `htpasswd -B`"
+            )
+        users[name] = stored.encode()
+    return users

@@ -1,0 +1,198 @@
+"""The network edge: reverse-proxy headers, request limits, HTTPS and the security wiring of the application.
+
+Proxy headers (`X-Forwarded-For/-Proto/-Host`) are believed only from peers in `REGISTRY_TRUSTED_PROXIES`;
+from anyone else they are ignored, so a client cannot pick its own address (and dodge the login limiter) or
+steer the `Location` URLs the service hands out.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Any
+
+import anyio
+from fastapi import Depends, FastAPI
+
+from app.api import auth as auth_api
+from app.auth import Gate, UploadLimiter, guard
+from app.registry.limits import BodyRefused, StagingLimits
+from app.settings import Settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Networks = tuple[IPv4Network | IPv6Network, ...]
+
+HOST_RE = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+log = logging.getLogger("storj_registry")
+
+
+class IdleUpload(BodyRefused):
+    status, code = 408, "BLOB_UPLOAD_INVALID"
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Attach the gate, the limits, the token endpoint and the middlewares; say so loudly when nothing guards.
+
+    Call it before the routers are included: `guard` becomes a dependency of every route added after it.
+    """
+    app.router.dependencies.append(Depends(guard))
+    app.include_router(auth_api.router)
+    app.state.gate = Gate(settings)
+    app.state.upload_limiter = UploadLimiter(settings.max_uploads_per_client)
+    app.state.staging_limits = StagingLimits(
+        settings.staging_dir, settings.max_blob_bytes, settings.staging_min_free_bytes
+    )
+    app.add_middleware(RequestLimits, max_header_bytes=settings.max_header_bytes, idle=settings.upload_idle_timeout)
+    app.add_middleware(ForwardedHeaders, trusted=settings.trusted_proxies, service_url=settings.service_url)
+    if not settings.auth_enabled:
+        log.warning(
+            "authentication is OFF: anyone who can reach this service can push and overwrite images "
+            "(set REGISTRY_AUTH_HTPASSWD, see README 'Security')"
+        )
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn options for `serve`: HTTPS when configured, and h11 for its bound on request-header size.
+
+    httptools (uvicorn's default when installed) buffers headers of any size; h11 refuses an incomplete
+    head past `h11_max_incomplete_event_size`. Run uvicorn with `proxy_headers=False`: `ForwardedHeaders` decides.
+    """
+    options: dict[str, Any] = {
+        "http": "h11",
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "server_header": False,
+    }
+    if settings.tls_cert and settings.tls_key:
+        options |= {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    return options
+
+
+def warn_if_exposed(host: str, settings: Settings) -> None:
+    if host not in LOOPBACK_HOSTS and not settings.auth_enabled:
+        log.warning("listening on %s without authentication: anyone on that network can push", host)
+    if host not in LOOPBACK_HOSTS and not settings.tls_cert and settings.auth_enabled:
+        log.warning("listening on %s over plain HTTP: passwords travel in clear unless a proxy adds TLS", host)
+
+
+class ForwardedHeaders:
+    """Trust `X-Forwarded-*` from configured proxies; make `Location` absolute when the external URL is known."""
+
+    def __init__(self, app: ASGIApp, trusted: Networks, service_url: str) -> None:
+        self.app = app
+        self.trusted = trusted
+        self.service_url = service_url
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        forwarded = ""
+        peer = scope.get("client")
+        if peer and self._trusts(peer[0]):
+            forwarded = self._adopt_forwarded(scope)
+        base = self.service_url or forwarded
+        if not base:
+            await self.app(scope, receive, send)
+            return
+
+        async def absolute_locations(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [_absolute(name, value, base) for name, value in message.get("headers", [])]
+            await send(message)
+
+        await self.app(scope, receive, absolute_locations)
+
+    def _trusts(self, address: str) -> bool:
+        try:
+            parsed = ip_address(address)
+        except ValueError:
+            return False
+        return any(parsed in network for network in self.trusted)
+
+    def _adopt_forwarded(self, scope: Scope) -> str:
+        """Rewrite client, scheme and host from the proxy's headers; the external base URL if they name one."""
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        client = self._client(headers.get("x-forwarded-for", ""))
+        if client:
+            scope["client"] = (client, 0)
+        proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        host = headers.get("x-forwarded-host", "").split(",")[0].strip()
+        if proto in ("http", "https"):
+            scope["scheme"] = proto
+        if host and HOST_RE.fullmatch(host):
+            scope["headers"] = [(n, v) for n, v in scope["headers"] if n != b"host"] + [(b"host", host.encode())]
+        if not (proto or host):
+            return ""
+        current_host = host if host and HOST_RE.fullmatch(host) else headers.get("host", "")
+        return f"{scope['scheme']}://{current_host}" if HOST_RE.fullmatch(current_host) else ""
+
+    def _client(self, forwarded_for: str) -> str:
+        """The right-most address that is not one of our proxies (the left ones are the client's to invent)."""
+        for candidate in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
+            try:
+                ip_address(candidate)
+            except ValueError:
+                return ""
+            if not self._trusts(candidate):
+                return candidate
+        return ""
+
+
+def _absolute(name: bytes, value: bytes, base: str) -> tuple[bytes, bytes]:
+    if name.lower() == b"location" and value.startswith(b"/") and not value.startswith(b"//"):
+        return name, base.encode() + value
+    return name, value
+
+
+class RequestLimits:
+    """Refuse oversized request heads (431) and request bodies that stall (408) before the application waits on them."""
+
+    def __init__(self, app: ASGIApp, max_header_bytes: int, idle: float) -> None:
+        self.app = app
+        self.max_header_bytes = max_header_bytes
+        self.idle = idle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        head = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b""))
+        head += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if head > self.max_header_bytes:
+            await _refuse_head(send, self.max_header_bytes)
+            return
+        await self.app(scope, _idle_limited(receive, self.idle), send)
+
+
+def _idle_limited(receive: Receive, idle: float) -> Receive:
+    """`receive` that gives up when the body stops flowing for `idle` seconds (never once it is complete)."""
+    complete = False
+
+    async def limited() -> Message:
+        nonlocal complete
+        if complete:
+            return await receive()
+        try:
+            with anyio.fail_after(idle):
+                message = await receive()
+        except TimeoutError:
+            raise IdleUpload(f"no request data for {idle:g} seconds", detail={"timeout": idle}) from None
+        complete = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    return limited
+
+
+async def _refuse_head(send: Send, limit: int) -> None:
+    body = b'{"errors":[{"code":"UNSUPPORTED","message":"request headers too large","detail":{"limit":%d}}]}' % limit
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": 431, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
