@@ -9,7 +9,7 @@ from anyio.to_thread import run_sync as run
 
 from app import layout
 from app.errors import BlobUnknown
-from app.metrics import COMMITTED_BLOBS
+from app.metrics import COMMIT_SECONDS, COMMITTED_BLOBS
 from app.registry.indexes import Indexes
 from app.registry.references import NAME_RE
 from app.registry.uploads import Upload, Uploads
@@ -49,13 +49,15 @@ class Blobs:
             key = layout.blob(upload.name, digest)
             if await run(self.storage.stat, key) is None:
                 await self.indexes.ensure_index_html()
-                await run(
-                    self.storage.put_file,
-                    key,
-                    upload.data,
-                    layout.OCTET_STREAM,
-                    layout.MANIFEST_CACHE_IMMUTABLE,
-                )
+                with COMMIT_SECONDS.time():
+                    await run(
+                        self.storage.put_file,
+                        key,
+                        upload.data,
+                        layout.OCTET_STREAM,
+                        layout.MANIFEST_CACHE_IMMUTABLE,
+                    )
+                COMMITTED_BLOBS.labels("upload").inc()
                 await self._remember(upload.name, digest)
             self.uploads.discard(upload)
         return size

@@ -257,9 +257,22 @@ def test_settings_reach_the_container_as_registry_variables(chart: Any) -> None:
         "REGISTRY_MAX_MANIFEST_BYTES": "8388608",
         "REGISTRY_DELETE_ENABLED": "true",
         "REGISTRY_LOG_FORMAT": "text",
+        "REGISTRY_SHUTDOWN_DRAIN_SECONDS": "5",
+        "REGISTRY_SHUTDOWN_GRACE_SECONDS": "50",
         "REGISTRY_S3_MAX_CONCURRENCY": "8",
         "TMPDIR": "/tmp",
     }
+
+
+@pytest.mark.parametrize(("termination_grace", "drain", "grace"), [(60, 5, 50), (10, 2, 6), (0, 0, 0)])
+def test_drain_and_grace_fit_in_the_termination_grace_period(
+    chart: Any, termination_grace: int, drain: int, grace: int
+) -> None:
+    """The service's graceful stop (drain, then requests in flight) ends before the kubelet's SIGKILL."""
+    env = render(chart, {"terminationGracePeriodSeconds": termination_grace}).env()
+    assert env["REGISTRY_SHUTDOWN_DRAIN_SECONDS"]["value"] == str(drain)
+    assert env["REGISTRY_SHUTDOWN_GRACE_SECONDS"]["value"] == str(grace)
+    assert drain + grace <= termination_grace
 
 
 def test_s3_credentials_come_only_from_the_secret(chart: Any) -> None:
