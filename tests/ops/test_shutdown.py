@@ -42,9 +42,7 @@ def wait_until_refused(url: str, deadline_s: float) -> None:
     raise AssertionError("the listener was not closed after the drain")
 
 
-def test_sigterm_drains_then_finishes_the_commit_in_flight(
-    s3_server: S3Server, bucket: str, tmp_path: Path
-) -> None:
+def test_sigterm_drains_then_finishes_the_commit_in_flight(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
     environment = s3_environment(
         s3_server,
         bucket,
@@ -94,4 +92,3 @@ def test_sigterm_drains_then_finishes_the_commit_in_flight(
     assert any(line["status"] == 503 for line in access)
     assert not any(line["logger"] == "uvicorn.access" for line in lines)
     assert s3_server.secret_key not in service.log()
-
