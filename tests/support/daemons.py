@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from .tools import require_tool
 
 READY_TIMEOUT_S = 60.0
@@ -76,9 +78,20 @@ class Daemon:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def require_root(daemon: str) -> None:
+    """Skip (fail under CI=true, like a missing tool) when not root: these daemons mount and chown as root."""
+    if os.geteuid() == 0:
+        return
+    message = f"{daemon} needs root: run the end-to-end tier as root (CI does)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
 def start_dockerd() -> Daemon:
     """dockerd from Debian's docker.io, listening only on a unix socket; `run()` drives the matching CLI."""
     dockerd = require_tool("dockerd")
+    require_root("dockerd")
     directory = _private_dir("dockerd-")
     config = directory / "daemon.json"
     config.write_text("{}")  # never read /etc/docker/daemon.json
@@ -105,6 +118,7 @@ def start_containerd() -> Daemon:
     """containerd with a private root, state and gRPC socket, CRI disabled; `run()` drives `ctr`."""
     containerd = require_tool("containerd")
     ctr = require_tool("ctr")
+    require_root("containerd")
     directory = _private_dir("containerd-")
     socket = directory / "containerd.sock"
     config = directory / "config.toml"
