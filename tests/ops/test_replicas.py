@@ -24,6 +24,7 @@ from tests.support.static_server import StaticBucketServer
 from tests.support.tools import require_tool
 
 UPLOAD_PATH = "/blobs/uploads/"
+PART_SIZE = 5 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,11 @@ def proxy(
     s3_server: S3Server, replica_bucket: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RoundRobinProxy]:
     workdir = tmp_path_factory.mktemp("replicas")
-    environment = s3_environment(s3_server, replica_bucket, workdir / "shared-staging")
+    # The smallest S3 part size, so the largest layer below is sent as several parts by one replica while it
+    # arrives and completed by the other one, from the state both find on the shared staging directory.
+    environment = s3_environment(
+        s3_server, replica_bucket, workdir / "shared-staging", REGISTRY_S3_PART_SIZE=str(PART_SIZE)
+    )
     replicas = [ServiceProcess(workdir / name, environment) for name in ("a", "b")]
     try:
         for replica in replicas:
@@ -85,7 +90,8 @@ def test_skopeo_push_through_two_replicas_pulls_intact_from_the_bucket(
     proxy: RoundRobinProxy, s3_server: S3Server, replica_bucket: str, tmp_path: Path
 ) -> None:
     skopeo = require_tool("skopeo")
-    layers = [images.make_layer(seed, size) for seed, size in ((71, 300_000), (72, 40_000), (73, 1_000))]
+    sizes = ((71, 2 * PART_SIZE + 300_000), (72, 40_000), (73, 1_000))
+    layers = [images.make_layer(seed, size) for seed, size in sizes]
     image = images.write_image(tmp_path / "source", "v1", layers)
     already = len(proxy.forwarded)
 
