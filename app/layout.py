@@ -48,6 +48,34 @@ def referrers_dir(name: str) -> str:
     return f"v2/{name}/referrers/"
 
 
+def referrer_entries(name: str, subject_digest: str) -> str:
+    """Prefix of the entries, one per referrer, from which the subject's referrers index is rebuilt."""
+    return f"v2/{name}/referrers/{subject_digest}.d/"
+
+
+def referrer_entry(name: str, subject_digest: str, referrer_digest: str) -> str:
+    """One referrer of a subject: its descriptor, written once (see app/registry/indexes.py)."""
+    return referrer_entries(name, subject_digest) + referrer_digest
+
+
+CATALOG_ENTRIES = "v2/_catalog.d/"
+
+
+def catalog_entry(name: str) -> str:
+    """One repository's entry, from which `v2/_catalog` is rebuilt (see app/registry/indexes.py).
+
+    `_catalog.d` cannot be a repository name; the final `/_entry` keeps nested names (`a` and `a/b`) from being
+    a file and a directory at once in the filesystem store.
+    """
+    return f"{CATALOG_ENTRIES}{name}/_entry"
+
+
+def name_from_catalog_entry(key: str) -> str | None:
+    if key.startswith(CATALOG_ENTRIES) and key.endswith("/_entry"):
+        return key[len(CATALOG_ENTRIES) : -len("/_entry")]
+    return None
+
+
 def repository_dir(name: str) -> str:
     return f"v2/{name}/"
 

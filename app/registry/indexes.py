@@ -1,39 +1,80 @@
 """The derived objects of the static layout: `v2/index.html`, tags lists, the catalog, referrers indexes.
 
-They are rebuilt from the truth rather than patched where that is cheap (a tags list is the listing of its
-repository's manifest keys) and verified after writing, so that concurrent pushes, in this process or in
-another replica, converge on the truth instead of losing each other's updates.
+Each document is rebuilt from a listing of the truth, never patched in place: a tags list from its repository's
+manifest keys, the catalog from one entry object per repository (`layout.catalog_entry`), a referrers index from
+one entry object per referrer (`layout.referrer_entry`). Entries are only created or deleted, never
+read-modify-written, so nothing a concurrent push adds can be lost with a document overwritten by another writer.
+
+The bucket offers no compare-and-swap (Storj honours only create-only writes), so a writer lists, writes, and
+lists again until the listing taken after its write agrees with what it wrote. Whichever writer writes last, in
+this process or in another replica, thus checks its document against a listing that includes every change made
+before it, and rewrites the document when it missed one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from collections import defaultdict
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
 
 from anyio.to_thread import run_sync as run
 
 from app import layout
 from app.registry.formats import OCI_INDEX, Descriptor
 from app.registry.references import is_digest
-from app.storage import Storage
+from app.storage import Storage, StorageFault
 
-VERIFY_ROUNDS = 5
+VERIFY_ROUNDS = 10
+Truth = TypeVar("Truth")
 
 
 def tags_document(name: str, tags: list[str]) -> bytes:
     return json.dumps({"name": name, "tags": tags}).encode()
 
 
+def catalog_document(names: list[str]) -> bytes:
+    return json.dumps({"repositories": names}).encode()
+
+
 def empty_index() -> dict[str, Any]:
     return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+
+
+def referrers_document(descriptors: list[dict[str, Any]]) -> bytes:
+    return json.dumps({**empty_index(), "manifests": descriptors}).encode()
+
+
+def list_tags(storage: Storage, name: str) -> list[str]:
+    """The truth of a tags list: the tag keys among the repository's manifests, sorted."""
+    return sorted(child for child in storage.list_children(layout.manifests_dir(name)) if not is_digest(child))
+
+
+def list_catalog(storage: Storage) -> list[str]:
+    """The truth of the catalog: the names of the catalog entries, sorted (listings come unordered)."""
+    names = (layout.name_from_catalog_entry(key) for key in storage.list(layout.CATALOG_ENTRIES))
+    return sorted(name for name in names if name)
+
+
+def list_referrers(storage: Storage, name: str, subject: str) -> list[dict[str, Any]]:
+    """The truth of a referrers index: the descriptors held by the subject's referrer entries, by digest."""
+    descriptors = []
+    for key in sorted(storage.list(layout.referrer_entries(name, subject))):
+        found = storage.read_small(key)
+        if found is not None:  # None: deleted since the listing
+            descriptors.append(json.loads(found[0]))
+    return descriptors
 
 
 class Indexes:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._settled: dict[str, float] = {}
         self._index_html_written = False
 
     async def ensure_index_html(self) -> None:
@@ -44,10 +85,31 @@ class Indexes:
             await run(self.storage.put_bytes, layout.INDEX_HTML, b"", layout.HTML, layout.MUTABLE_CACHE)
         self._index_html_written = True
 
-    # tags -----------------------------------------------------------------------------------------------
+    async def _rebuild(
+        self, key: str, truth: Callable[[], Truth], render: Callable[[Truth], bytes], content_type: str
+    ) -> None:
+        """Write `render(truth())` at `key` until a look at the truth taken after the write agrees with it.
 
-    def _list_tags(self, name: str) -> list[str]:
-        return sorted(child for child in self.storage.list_children(layout.manifests_dir(name)) if not is_digest(child))
+        Callers wait on a lock per key; one whose change predates the final check of a rebuild that settled
+        while it waited is covered by that rebuild, which spares Storj a write (it takes about one per second
+        per key) when many pushes to one repository finish together.
+        """
+        requested = time.monotonic()
+        async with self._locks[key]:
+            if self._settled.get(key, -math.inf) > requested:
+                return
+            current = await run(truth)
+            for _ in range(VERIFY_ROUNDS):
+                await run(self.storage.put_bytes, key, render(current), content_type, layout.MUTABLE_CACHE)
+                checked_at = time.monotonic()
+                latest = await run(truth)
+                if latest == current:
+                    self._settled[key] = checked_at
+                    return
+                current = latest
+        raise StorageFault(f"{key} kept changing while it was rebuilt; a retry rebuilds it again")
+
+    # tags -----------------------------------------------------------------------------------------------
 
     async def tags(self, name: str) -> list[str] | None:
         """The published tags list of a repository, or None when the repository is unknown."""
@@ -56,18 +118,9 @@ class Indexes:
             return None
         return list(json.loads(found[0]).get("tags") or [])
 
-    async def refresh_tags(self, name: str) -> list[str]:
-        """Rewrite `tags/list` from the manifest keys until a listing after the write agrees with it."""
-        key = layout.tags_list(name)
-        async with self._locks[key]:
-            tags = await run(self._list_tags, name)
-            for _ in range(VERIFY_ROUNDS):
-                await run(self.storage.put_bytes, key, tags_document(name, tags), layout.JSON, layout.MUTABLE_CACHE)
-                latest = await run(self._list_tags, name)
-                if latest == tags:
-                    break
-                tags = latest
-            return tags
+    async def refresh_tags(self, name: str) -> None:
+        truth = partial(list_tags, self.storage, name)
+        await self._rebuild(layout.tags_list(name), truth, partial(tags_document, name), layout.JSON)
 
     # catalog --------------------------------------------------------------------------------------------
 
@@ -78,20 +131,18 @@ class Indexes:
         return list(json.loads(found[0]).get("repositories") or [])
 
     async def add_to_catalog(self, name: str) -> None:
-        await self._edit_catalog(lambda names: names | {name}, lambda names: name in names)
+        entry = layout.catalog_entry(name)
+        if await run(self.storage.stat, entry) is not None and name in await self.catalog():
+            return
+        await run(self.storage.put_bytes, entry, b"", layout.OCTET_STREAM, layout.MUTABLE_CACHE)
+        await self._rebuild_catalog()
 
     async def remove_from_catalog(self, name: str) -> None:
-        await self._edit_catalog(lambda names: names - {name}, lambda names: name not in names)
+        await run(self.storage.delete, layout.catalog_entry(name))
+        await self._rebuild_catalog()
 
-    async def _edit_catalog(self, change, done) -> None:
-        """Read, change and write the catalog, re-reading to catch a replica that wrote in between."""
-        async with self._locks[layout.CATALOG]:
-            for _ in range(VERIFY_ROUNDS):
-                names = set(await self.catalog())
-                if done(names) and await run(self.storage.stat, layout.CATALOG) is not None:
-                    return
-                document = json.dumps({"repositories": sorted(change(names))}).encode()
-                await run(self.storage.put_bytes, layout.CATALOG, document, layout.JSON, layout.MUTABLE_CACHE)
+    async def _rebuild_catalog(self) -> None:
+        await self._rebuild(layout.CATALOG, partial(list_catalog, self.storage), catalog_document, layout.JSON)
 
     # referrers ------------------------------------------------------------------------------------------
 
@@ -100,19 +151,15 @@ class Indexes:
         return json.loads(found[0]) if found else empty_index()
 
     async def add_referrer(self, name: str, subject: str, referrer: Descriptor) -> None:
-        def change(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            kept = [m for m in manifests if m.get("digest") != referrer.digest]
-            return [*kept, referrer.to_json()]
-
-        await self._edit_referrers(name, subject, change)
+        entry = layout.referrer_entry(name, subject, referrer.digest)
+        body = json.dumps(referrer.to_json()).encode()
+        await run(self.storage.put_bytes, entry, body, layout.JSON, layout.MUTABLE_CACHE)
+        await self._rebuild_referrers(name, subject)
 
     async def remove_referrer(self, name: str, subject: str, digest: str) -> None:
-        await self._edit_referrers(name, subject, lambda manifests: [m for m in manifests if m.get("digest") != digest])
+        await run(self.storage.delete, layout.referrer_entry(name, subject, digest))
+        await self._rebuild_referrers(name, subject)
 
-    async def _edit_referrers(self, name: str, subject: str, change) -> None:
-        key = layout.referrers(name, subject)
-        async with self._locks[key]:
-            index = await self.referrers(name, subject)
-            index["manifests"] = change(index.get("manifests", []))
-            body = json.dumps(index).encode()
-            await run(self.storage.put_bytes, key, body, layout.OCI_INDEX, layout.MUTABLE_CACHE)
+    async def _rebuild_referrers(self, name: str, subject: str) -> None:
+        truth = partial(list_referrers, self.storage, name, subject)
+        await self._rebuild(layout.referrers(name, subject), truth, referrers_document, layout.OCI_INDEX)
