@@ -88,6 +88,15 @@ def blob_location(digest: str) -> str:
     return f"v2/_blobs/{digest}"
 
 
+def staged_upload(upload_id: str) -> str:
+    """Where an upload session's bytes are assembled before its digest is known (see app/registry/parts.py).
+
+    `_uploads` cannot be a repository name either; the object exists only between the verified completion of the
+    multipart upload and its copy to the blob's key.
+    """
+    return f"v2/_uploads/{upload_id}"
+
+
 def name_from_tags_list_key(key: str) -> str | None:
     """Inverse of `tags_list`, used when rebuilding the catalog from a listing."""
     if key.startswith("v2/") and key.endswith("/tags/list"):

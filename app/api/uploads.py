@@ -116,5 +116,5 @@ async def upload_status(name: str, upload_id: str, registry: RegistryDep) -> Res
 async def cancel_upload(name: str, upload_id: str, registry: RegistryDep) -> Response:
     check_name(name)
     upload = registry.uploads.get(name, upload_id)
-    registry.uploads.discard(upload)
+    await registry.uploads.discard(upload)
     return Response(status_code=204)

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from app.registry.blobs import Blobs
 from app.registry.indexes import Indexes
 from app.registry.manifests import Manifests
+from app.registry.parts import PartSender
 from app.registry.uploads import Uploads
 from app.settings import Settings
 from app.storage import Storage, open_storage
+from app.storage.base import MultipartStorage
 
 
 @dataclass
@@ -25,7 +27,8 @@ class Registry:
 def build_registry(settings: Settings, storage: Storage | None = None) -> Registry:
     """Create every long-lived part once, at start-up."""
     storage = storage or open_storage(settings)
-    uploads = Uploads(settings.staging_dir)
+    sender = PartSender(storage) if isinstance(storage, MultipartStorage) else None
+    uploads = Uploads(settings.staging_dir, sender)
     indexes = Indexes(storage)
     return Registry(
         settings=settings,

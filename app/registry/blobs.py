@@ -50,16 +50,17 @@ class Blobs:
             if await run(self.storage.stat, key) is None:
                 await self.indexes.ensure_index_html()
                 with COMMIT_SECONDS.time():
-                    await run(
-                        self.storage.put_file,
-                        key,
-                        upload.data,
-                        layout.OCTET_STREAM,
-                        layout.MANIFEST_CACHE_IMMUTABLE,
-                    )
+                    if not await self.uploads.publish(upload, key, size):  # parts sent while the client uploaded
+                        await run(
+                            self.storage.put_file,
+                            key,
+                            upload.data,
+                            layout.OCTET_STREAM,
+                            layout.MANIFEST_CACHE_IMMUTABLE,
+                        )
                 COMMITTED_BLOBS.labels("upload").inc()
                 await self._remember(upload.name, digest)
-            self.uploads.discard(upload)
+            await self.uploads.discard(upload)
         return size
 
     async def _remember(self, name: str, digest: str) -> None:

@@ -4,19 +4,25 @@ Each session is a directory `<staging>/<id>/` holding `data` (the bytes received
 (the repository it belongs to). The file's size is the truth about progress, so a session survives a restart
 of the service: the running sha256 kept in memory is only a shortcut, rebuilt from the file when missing or
 stale (after a restart, or when another replica appended to a shared staging volume).
+
+With an S3 backend, full 64 MiB parts are sent to the bucket while the client is still uploading
+(`app.registry.parts`); `parts.json` in the session directory records them for any replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +30,14 @@ import anyio.to_thread
 
 from app.errors import BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
 from app.metrics import ACTIVE_UPLOADS, RECEIVED_BYTES
+from app.registry.parts import PartSender, StagedParts
 from app.registry.references import ALGORITHMS, algorithm_of
 
+log = logging.getLogger("storj_registry")
+
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
-WRITE_BATCH = 1024 * 1024
+WRITE_BATCH = 4 * 1024 * 1024
+IOV_MAX = 1024
 HASH_READ = 4 * 1024 * 1024
 
 
@@ -51,11 +61,14 @@ class _RunningHash:
 
 
 class Uploads:
-    def __init__(self, staging_dir: Path) -> None:
+    def __init__(self, staging_dir: Path, sender: PartSender | None = None) -> None:
         self.root = staging_dir.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.sender = sender
         self._hashes: dict[str, _RunningHash] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._parts: dict[str, StagedParts] = {}
+        self._writer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="staging")
 
     # sessions -----------------------------------------------------------------------------------------
 
@@ -90,10 +103,29 @@ class Uploads:
     def lock(self, upload: Upload) -> asyncio.Lock:
         return self._locks.setdefault(upload.id, asyncio.Lock())
 
-    def discard(self, upload: Upload) -> None:
+    async def discard(self, upload: Upload) -> None:
+        """Remove the session; its multipart upload, if any, is aborted first so that no parts dangle."""
+        parts = self.parts_of(upload)
+        if parts is not None:
+            await anyio.to_thread.run_sync(parts.forget)
+        self._parts.pop(upload.id, None)
         self._hashes.pop(upload.id, None)
         self._locks.pop(upload.id, None)
         shutil.rmtree(upload.directory, ignore_errors=True)
+
+    def parts_of(self, upload: Upload) -> StagedParts | None:
+        """The session's overlapped multipart upload (None without an S3 backend)."""
+        if self.sender is None:
+            return None
+        parts = self._parts.get(upload.id)
+        if parts is None:
+            parts = self._parts[upload.id] = self.sender.session(upload.directory, upload.id)
+        return parts
+
+    async def publish(self, upload: Upload, key: str, size: int) -> bool:
+        """Complete the verified upload's multipart upload under `key`; False when the file must be sent whole."""
+        parts = self.parts_of(upload)
+        return parts is not None and await anyio.to_thread.run_sync(parts.publish, size, key)
 
     def purge_older_than(self, max_age_seconds: float) -> int:
         """Remove sessions untouched for `max_age_seconds`; returns how many went."""
@@ -108,11 +140,25 @@ class Uploads:
                 touched = 0
             lock = self._locks.get(directory.name)
             if touched < cutoff and not (lock and lock.locked()):  # a locked session is being committed
+                if not self._abandon_parts(directory):
+                    continue
+                self._parts.pop(directory.name, None)
                 self._hashes.pop(directory.name, None)
                 self._locks.pop(directory.name, None)
                 shutil.rmtree(directory, ignore_errors=True)
                 removed += 1
         return removed
+
+    def _abandon_parts(self, directory: Path) -> bool:
+        """Abort a purged session's multipart upload; False (keep it, retry next time) when the store fails."""
+        if self.sender is None:
+            return True
+        try:
+            self.sender.abandon(directory)
+        except Exception as exc:  # the store is down: the next purge tries again rather than leak the parts
+            log.warning("could not abort the multipart upload of %s: %s", directory.name, exc)
+            return False
+        return True
 
     # data ---------------------------------------------------------------------------------------------
 
@@ -127,30 +173,23 @@ class Uploads:
         current = self.size(upload)
         if start is not None and start != current:
             raise RangeInvalid("chunk does not continue the upload", detail={"size": current, "start": start})
-        running = self._hash_at(upload.id, current)
-        written = 0
-        received = RECEIVED_BYTES.labels(upload.name)
+        parts = self.parts_of(upload)
+        writer = _BatchWriter(self._writer, upload, self._hash_at(upload.id, current), current, parts)
         try:
-            with ACTIVE_UPLOADS.track_inprogress(), open(upload.data, "ab") as handle:
-                batch = bytearray()
+            with ACTIVE_UPLOADS.track_inprogress():
                 async for chunk in body:
-                    batch += chunk
-                    if len(batch) >= WRITE_BATCH:
-                        await anyio.to_thread.run_sync(_write_and_hash, handle, running, bytes(batch))
-                        written += len(batch)
-                        received.inc(len(batch))
-                        batch.clear()
-                if batch:
-                    await anyio.to_thread.run_sync(_write_and_hash, handle, running, bytes(batch))
-                    written += len(batch)
-                    received.inc(len(batch))
+                    await writer.add(chunk)
+                size = await writer.finish()
         except BaseException:
             self._hashes.pop(upload.id, None)
+            await writer.abandon()
             raise
-        if length is not None and written != length:
-            self._truncate(upload, current)
+        if length is not None and size - current != length:
+            await self._truncate(upload, current)
             raise SizeInvalid("body length does not match Content-Length or Content-Range")
-        return current + written
+        if parts is not None:  # answer once the full parts are in the bucket, so any replica can finish
+            await anyio.to_thread.run_sync(parts.settle)
+        return size
 
     def _hash_at(self, upload_id: str, size: int) -> _RunningHash | None:
         """The running hash if it covers exactly `size` bytes; otherwise None (verify will re-read the file)."""
@@ -163,8 +202,11 @@ class Uploads:
             return running
         return None
 
-    def _truncate(self, upload: Upload, size: int) -> None:
+    async def _truncate(self, upload: Upload, size: int) -> None:
         self._hashes.pop(upload.id, None)
+        parts = self.parts_of(upload)
+        if parts is not None:
+            await anyio.to_thread.run_sync(parts.truncated, size)
         os.truncate(upload.data, size)
 
     async def staged_digest(self, upload: Upload, algorithm: str) -> str:
@@ -178,16 +220,89 @@ class Uploads:
         """Check the staged bytes against `digest`; on mismatch the session is discarded (400)."""
         size = self.size(upload)
         if await self.staged_digest(upload, algorithm_of(digest)) != digest:
-            self.discard(upload)
+            await self.discard(upload)
             raise DigestInvalid("digest does not match the uploaded content", detail={"digest": digest})
         return size
 
 
-def _write_and_hash(handle, running: _RunningHash | None, data: bytes) -> None:
-    handle.write(data)
+class _BatchWriter:
+    """Appends a body to the staged file in a worker thread while the event loop receives the next batch.
+
+    At most two batches are held (one being written and hashed, one being received), and the bytes are never
+    copied: a batch is the list of chunks as they came, written with `writev` and hashed chunk by chunk. After
+    each batch is on disk, the parts it completed are handed to the overlapped multipart upload.
+    """
+
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        upload: Upload,
+        running: _RunningHash | None,
+        size: int,
+        parts: StagedParts | None,
+    ) -> None:
+        self.pool = pool
+        self.fd = os.open(upload.data, os.O_WRONLY | os.O_APPEND)
+        self.running = running
+        self.size = size  # on disk once the batch in flight is written
+        self.parts = parts
+        self.received = RECEIVED_BYTES.labels(upload.name)
+        self.batch: list[bytes] = []
+        self.batch_bytes = 0
+        self.inflight: Future[int] | None = None
+
+    async def add(self, chunk: bytes) -> None:
+        self.batch.append(chunk)
+        self.batch_bytes += len(chunk)
+        if self.batch_bytes >= WRITE_BATCH:
+            await self._hand_over()
+
+    async def finish(self) -> int:
+        """Write what is left; returns the file's new size."""
+        await self._hand_over()
+        await self._drain()
+        os.close(self.fd)
+        return self.size
+
+    async def abandon(self) -> None:
+        """After a failure: wait for the thread still writing (it owns the descriptor), then close."""
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await self._drain()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    async def _hand_over(self) -> None:
+        await self._drain()
+        if self.batch:
+            batch, self.batch, self.batch_bytes = self.batch, [], 0
+            self.inflight = self.pool.submit(_write_and_hash, self.fd, self.running, batch)
+
+    async def _drain(self) -> None:
+        if self.inflight is None:
+            return
+        future, self.inflight = self.inflight, None
+        written = await asyncio.wrap_future(future)
+        self.size += written
+        self.received.inc(written)
+        if self.parts is not None:
+            self.parts.advance(self.size)
+
+
+def _write_and_hash(fd: int, running: _RunningHash | None, chunks: list[bytes]) -> int:
+    """Write every chunk (one `writev` per IOV_MAX chunks, resuming after short writes), then hash them."""
+    views = [memoryview(chunk) for chunk in chunks]
+    total = sum(len(view) for view in views)
+    while views:
+        written = os.writev(fd, views[:IOV_MAX])
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
     if running is not None:
-        running.hasher.update(data)
-        running.size += len(data)
+        for chunk in chunks:
+            running.hasher.update(chunk)
+        running.size += total
+    return total
 
 
 def _hash_file(path: Path, algorithm: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 READ_CHUNK = 1024 * 1024
 
@@ -68,3 +68,26 @@ class Storage(Protocol):
 
     def check(self) -> None:
         """Raise StorageFault when the store cannot be reached (readiness probe)."""
+
+
+@runtime_checkable
+class MultipartStorage(Protocol):
+    """A store that takes one object in numbered parts (S3 multipart uploads), invisible until completed.
+
+    It lets an upload session send its bytes to the bucket while the client is still sending them.
+    """
+
+    part_size: int
+    max_concurrency: int
+
+    def begin_multipart(self, key: str, content_type: str, cache_control: str | None = None) -> str:
+        """Start a multipart upload at `key`; returns its upload id."""
+
+    def put_part(self, key: str, upload_id: str, number: int, path: Path, offset: int, length: int) -> str:
+        """Send `length` bytes of `path` from `offset` as part `number` (1-based); returns the part's ETag."""
+
+    def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
+        """Assemble parts 1..len(etags) into the object. Raises KeyError when the upload no longer exists."""
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drop an unfinished multipart upload and its parts; an unknown upload is not an error."""

@@ -18,11 +18,12 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from s3transfer.utils import ReadFileChunk
 
 from app.settings import Settings
 from app.storage.base import READ_CHUNK, ObjectExists, ObjectInfo, StorageFault
 
-_MISSING = {"404", "NoSuchKey", "NotFound"}
+_MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 
 
 def client_config(settings: Settings) -> Config:
@@ -67,6 +68,8 @@ class S3Storage:
             verify=None if settings.s3_endpoint.startswith("https://") else False,
         )
         self.client.meta.events.register_first("before-sign.s3", _drop_expect_continue)
+        self.part_size = settings.s3_part_size
+        self.max_concurrency = settings.s3_max_concurrency
         self.transfer = TransferConfig(
             multipart_threshold=settings.s3_part_size,
             multipart_chunksize=settings.s3_part_size,
@@ -148,6 +151,40 @@ class S3Storage:
             )
         except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
             raise StorageFault(f"upload of {key} failed: {exc}") from exc
+
+    def begin_multipart(self, key: str, content_type: str, cache_control: str | None = None) -> str:
+        """`ContentType` goes here, not on completion: it is what the gateway stores for multipart objects."""
+        extra = self._metadata(content_type, cache_control)
+        response = self._call(self.client.create_multipart_upload, Bucket=self.bucket, Key=self._key(key), **extra)
+        return response["UploadId"]
+
+    def put_part(self, key: str, upload_id: str, number: int, path: Path, offset: int, length: int) -> str:
+        """Stream one part from the staged file (seekable, so botocore can sign and retry it without a copy)."""
+        with ReadFileChunk.from_filename(str(path), offset, length, enable_callbacks=False) as body:
+            response = self._call(
+                self.client.upload_part,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentLength=length,
+            )
+        return response["ETag"]
+
+    def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
+        parts = [{"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, start=1)]
+        self._call(
+            self.client.complete_multipart_upload,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        with contextlib.suppress(KeyError):
+            self._call(self.client.abort_multipart_upload, Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
 
     def copy(self, source: str, destination: str) -> None:
         """One CopyObject request: never the managed copy, which switches to UploadPartCopy (501 on Storj)."""
