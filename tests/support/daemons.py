@@ -89,7 +89,7 @@ def require_root(daemon: str) -> None:
 
 
 def start_dockerd() -> Daemon:
-    """dockerd from Debian's docker.io, listening only on a unix socket; `run()` drives the matching CLI."""
+    """dockerd from Debian's docker.io, listening only on a unix socket; `run()` drives the docker CLI."""
     dockerd = require_tool("dockerd")
     require_root("dockerd")
     directory = _private_dir("dockerd-")
@@ -109,7 +109,7 @@ def start_dockerd() -> Daemon:
         f"--config-file={config}",
     ]
     env = {"DOCKER_HOST": f"unix://{socket}", "DOCKER_CONFIG": str(directory / "client")}
-    daemon = _launch("dockerd", command, directory, [_docker_cli(dockerd)], env)
+    daemon = _launch("dockerd", command, directory, [require_tool("docker")], env)
     _wait_ready(daemon, "version", "--format", "{{.Server.Version}}")
     return daemon
 
@@ -134,12 +134,6 @@ def start_containerd() -> Daemon:
     daemon = _launch("containerd", command, directory, [ctr, "--address", str(socket)])
     _wait_ready(daemon, "version")
     return daemon
-
-
-def _docker_cli(dockerd: str) -> str:
-    """The docker CLI shipped beside dockerd (Debian's), else whichever is on PATH."""
-    beside = Path(dockerd).parent / "docker"
-    return str(beside) if beside.is_file() else require_tool("docker")
 
 
 def _private_dir(prefix: str) -> Path:
