@@ -189,7 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_response(self, code: int, message: str | None = None) -> None:
         self.responded = True
-        self.share.requests.append(RequestRecord(self.command, self.path, int(code)))
+        # A TLS handshake (skopeo tries HTTPS first) never becomes a request: no command, no path.
+        self.share.requests.append(RequestRecord(self.command or "", getattr(self, "path", ""), int(code)))
         super().send_response(code, message)
 
     def do_OPTIONS(self) -> None:
