@@ -36,6 +36,7 @@ class Blobs:
         if info is None and share_from is not None:
             info = await self.share(name, digest, share_from)
         if info is None:
+            self.uploads.wanted(name, digest)  # the client is likely to upload it next (app.registry.parts)
             raise BlobUnknown("blob unknown to registry", detail={"digest": digest})
         return info
 

@@ -4,10 +4,14 @@ Why: publishing only after the final PUT makes a push last receive time + upload
 staged file crosses a part boundary (64 MiB), that part goes to a multipart upload while the next bytes arrive;
 the final PUT only verifies the digest, sends the short tail and completes.
 
-Where: the digest, and so the blob's key, is known only at the final PUT, and S3 cannot rename. The multipart
-upload is created at a staging key (`layout.staged_upload`), completed only after the digest is verified, then
-copied to the blob's key with one CopyObject (metadata-only on Storj) and deleted. Nothing unverified is ever
-visible: an unfinished multipart upload is invisible, and a mismatch, a cancel or the purge aborts it.
+Where: the digest, and so the blob's key, is known only at the final PUT, and S3 cannot rename. Clients ask for
+a blob (HEAD, 404) just before uploading it, so when exactly one such digest of the repository is pending, the
+multipart upload is created at that blob's own key and completed there once the digest is verified to match.
+Otherwise (or when the guess was wrong) it is created at a staging key (`layout.staged_upload`), completed after
+verification, copied to the blob's key with one CopyObject and deleted. The copy is metadata-only on Storj, but
+SeaweedFS copies the bytes (about 1.5 s and 2.8 CPU-seconds per 512 MiB here), hence the guess. A wrong guess
+costs speed, never correctness: that multipart upload is aborted and the file is sent whole. Nothing unverified
+is ever visible: an unfinished multipart upload is invisible, and a mismatch, a cancel or the purge aborts it.
 
 Truth: the staged file stays the truth. `parts.json` beside it records the multipart upload id and, per part,
 the size and ETag sent; a part counts only if it covers its whole range of the current file (truncation drops
@@ -24,6 +28,7 @@ import logging
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +39,9 @@ from app.storage.base import MultipartStorage
 log = logging.getLogger("storj_registry")
 
 STATE_FILE = "parts.json"
+
+# The blob key this session will most likely end under, or None (see `Uploads.guess_key`).
+KeyGuess = Callable[[], str | None]
 
 
 @dataclass
@@ -69,8 +77,8 @@ class PartSender:
         self.per_upload = storage.max_concurrency
         self.pool = ThreadPoolExecutor(max_workers=storage.max_concurrency * 4, thread_name_prefix="parts")
 
-    def session(self, directory: Path, upload_id: str) -> StagedParts:
-        return StagedParts(self, directory, upload_id)
+    def session(self, directory: Path, upload_id: str, guess: KeyGuess) -> StagedParts:
+        return StagedParts(self, directory, upload_id, guess)
 
     def abandon(self, directory: Path) -> None:
         """Abort the multipart upload recorded in a session directory about to be removed (blocking)."""
@@ -82,11 +90,13 @@ class PartSender:
 class StagedParts:
     """One session's multipart upload. `advance` never blocks (event loop); every other method does (threads)."""
 
-    def __init__(self, sender: PartSender, directory: Path, upload_id: str) -> None:
+    def __init__(self, sender: PartSender, directory: Path, upload_id: str, guess: KeyGuess) -> None:
         self.sender = sender
         self.data = directory / "data"
         self.state_path = directory / STATE_FILE
         self.upload_id = upload_id
+        self.staged_key = layout.staged_upload(upload_id)
+        self.guess = guess
         self._lock = threading.Lock()
         self._begin = threading.Lock()
         self._queued: deque[int] = deque()
@@ -147,14 +157,16 @@ class StagedParts:
     # at the final PUT ---------------------------------------------------------------------------------
 
     def publish(self, size: int, key: str) -> bool:
-        """Send what is missing, complete, copy to `key`. False when no multipart upload can be used.
+        """Send what is missing, complete, and move to `key` if needed. False when the file must be sent whole.
 
-        Call only after the digest is verified: completion makes the bytes an object.
+        Call only after the digest is verified: completion makes the bytes an object. That is also why a
+        multipart upload begun at another blob's key (a wrong guess) is aborted, never completed.
         """
         self.settle()
         state = _State.load(self.state_path)
-        if state is None or size < self.sender.part_size:
-            self.forget()  # a session truncated below one part: a single PUT of the file is simpler
+        staged = state is not None and state.key == self.staged_key
+        if state is None or size < self.sender.part_size or not (staged or state.key == key):
+            self.forget()  # nothing sent, truncated below one part, or begun under another digest
             return False
         try:
             self._complete(state, size)
@@ -162,8 +174,9 @@ class StagedParts:
             if not self._completed_before(state.key, size):
                 self.forget()
                 return False
-        self.sender.storage.copy(state.key, key)
-        self.sender.storage.delete(state.key)
+        if staged:
+            self.sender.storage.copy(state.key, key)
+            self.sender.storage.delete(state.key)
         self.state_path.unlink(missing_ok=True)
         return True
 
@@ -176,9 +189,9 @@ class StagedParts:
         state = _State.load(self.state_path) or state
         self.sender.storage.complete_multipart(state.key, state.upload_id, [state.parts[n][1] for n in numbers])
 
-    def _completed_before(self, staged_key: str, size: int) -> bool:
-        """Did an earlier attempt complete the upload and then fail to copy? (its object is then in place)"""
-        info = self.sender.storage.stat(staged_key)
+    def _completed_before(self, key: str, size: int) -> bool:
+        """Did an earlier attempt complete the upload (and then fail to copy, or lose the answer)?"""
+        info = self.sender.storage.stat(key)
         return info is not None and info.size == size
 
     def forget(self) -> None:
@@ -187,7 +200,8 @@ class StagedParts:
         state = _State.load(self.state_path)
         if state is not None:
             self.sender.storage.abort_multipart(state.key, state.upload_id)
-            self.sender.storage.delete(state.key)
+            if state.key == self.staged_key:  # never a blob's key: that object, if any, is someone's blob
+                self.sender.storage.delete(state.key)
             self.state_path.unlink(missing_ok=True)
 
     # sending ------------------------------------------------------------------------------------------
@@ -206,11 +220,14 @@ class StagedParts:
             state.save(self.state_path)
 
     def _started(self) -> _State:
-        """The recorded multipart upload, created on first use (once, whichever part thread gets here first)."""
+        """The recorded multipart upload, created on first use (once, whichever part thread gets here first).
+
+        Its key is the blob's own when the guess names one (no copy at the end), the staging key otherwise.
+        """
         with self._begin:
             state = _State.load(self.state_path)
             if state is None:
-                key = layout.staged_upload(self.upload_id)
+                key = self.guess() or self.staged_key
                 upload_id = self.sender.storage.begin_multipart(
                     key, layout.OCTET_STREAM, layout.MANIFEST_CACHE_IMMUTABLE
                 )

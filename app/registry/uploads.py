@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from app import layout
 from app.errors import BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
 from app.metrics import ACTIVE_UPLOADS, RECEIVED_BYTES
 from app.registry.parts import PartSender, StagedParts
@@ -39,6 +43,8 @@ UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 WRITE_BATCH = 4 * 1024 * 1024
 IOV_MAX = 1024
 HASH_READ = 4 * 1024 * 1024
+WANTED_TTL_S = 600.0
+MAX_WANTED = 4096
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,40 @@ class _RunningHash:
         self.size = 0
 
 
+class _Wanted:
+    """Digests that clients just asked for and did not find, per repository: the likely next uploads.
+
+    docker, skopeo and podman HEAD a blob right before uploading it. The digest names the key the upload will end
+    under, which lets its multipart upload start there (see app/registry/parts.py). Bounded, and forgotten after
+    WANTED_TTL_S: it is a guess, a wrong one costs speed only.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def add(self, name: str, digest: str) -> None:
+        with self._lock:
+            self._seen.pop((name, digest), None)
+            self._seen[(name, digest)] = time.monotonic()
+            while len(self._seen) > MAX_WANTED:
+                self._seen.popitem(last=False)
+
+    def drop(self, name: str, digest: str) -> None:
+        with self._lock:
+            self._seen.pop((name, digest), None)
+
+    def claim(self, name: str) -> str | None:
+        """The repository's one recent wanted digest, taken out; None when there are none or several."""
+        cutoff = time.monotonic() - WANTED_TTL_S
+        with self._lock:
+            fresh = [digest for (repo, digest), seen in self._seen.items() if repo == name and seen >= cutoff]
+            if len(fresh) != 1:
+                return None
+            del self._seen[(name, fresh[0])]
+            return fresh[0]
+
+
 class Uploads:
     def __init__(self, staging_dir: Path, sender: PartSender | None = None) -> None:
         self.root = staging_dir.resolve()
@@ -68,6 +108,7 @@ class Uploads:
         self._hashes: dict[str, _RunningHash] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._parts: dict[str, StagedParts] = {}
+        self._wanted = _Wanted()
         self._writer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="staging")
 
     # sessions -----------------------------------------------------------------------------------------
@@ -119,8 +160,17 @@ class Uploads:
             return None
         parts = self._parts.get(upload.id)
         if parts is None:
-            parts = self._parts[upload.id] = self.sender.session(upload.directory, upload.id)
+            guess = functools.partial(self._guess_key, upload.name)
+            parts = self._parts[upload.id] = self.sender.session(upload.directory, upload.id, guess)
         return parts
+
+    def wanted(self, name: str, digest: str) -> None:
+        """A client asked for blob `digest` of `name` and it was missing: it may be uploaded next."""
+        self._wanted.add(name, digest)
+
+    def _guess_key(self, name: str) -> str | None:
+        digest = self._wanted.claim(name)
+        return layout.blob(name, digest) if digest else None
 
     async def publish(self, upload: Upload, key: str, size: int) -> bool:
         """Complete the verified upload's multipart upload under `key`; False when the file must be sent whole."""
@@ -222,6 +272,7 @@ class Uploads:
         if await self.staged_digest(upload, algorithm_of(digest)) != digest:
             await self.discard(upload)
             raise DigestInvalid("digest does not match the uploaded content", detail={"digest": digest})
+        self._wanted.drop(upload.name, digest)
         return size
 
 

@@ -164,3 +164,55 @@ def test_the_purge_aborts_abandoned_parts(settings: Settings, s3_server: S3Serve
     assert len(multipart_uploads(s3_server, bucket)) == 1
     assert registry.uploads.purge_older_than(-1) == 1
     assert multipart_uploads(s3_server, bucket) == []
+
+
+def test_a_blob_asked_for_first_is_assembled_under_its_own_key(
+    client: httpx.Client, s3_server: S3Server, bucket: str
+) -> None:
+    """HEAD (404) then upload, as docker and skopeo do: no staging key, no copy."""
+    blob_key = f"v2/{NAME}/blobs/{digest(DATA)}"
+    assert client.head(f"/v2/{NAME}/blobs/{digest(DATA)}").status_code == 404
+    location = start(client)
+    client.patch(location, content=pieces(DATA))
+    assert [upload["Key"] for upload in multipart_uploads(s3_server, bucket)] == [blob_key]
+    assert blob_key not in keys(s3_server, bucket)  # invisible until the digest is verified
+
+    assert client.put(location, params={"digest": digest(DATA)}).status_code == 201
+    assert client.get(f"/v2/{NAME}/blobs/{digest(DATA)}").content == DATA
+    assert s3_server.admin.head_object(Bucket=bucket, Key=blob_key)["ContentType"] == "application/octet-stream"
+    assert multipart_uploads(s3_server, bucket) == []
+
+
+def test_a_wrong_guess_is_never_completed(client: httpx.Client, s3_server: S3Server, bucket: str) -> None:
+    other = digest(b"a blob the client asked about but did not send")
+    assert client.head(f"/v2/{NAME}/blobs/{other}").status_code == 404
+    location = start(client)
+    client.patch(location, content=pieces(DATA))
+    assert [upload["Key"] for upload in multipart_uploads(s3_server, bucket)] == [f"v2/{NAME}/blobs/{other}"]
+
+    assert client.put(location, params={"digest": other}).status_code == 400  # the bytes are not `other`
+    assert f"v2/{NAME}/blobs/{other}" not in keys(s3_server, bucket)
+    assert multipart_uploads(s3_server, bucket) == []
+
+    assert client.head(f"/v2/{NAME}/blobs/{other}").status_code == 404
+    location = start(client)
+    client.patch(location, content=pieces(DATA))
+    assert client.put(location, params={"digest": digest(DATA)}).status_code == 201  # sent whole instead
+    assert client.get(f"/v2/{NAME}/blobs/{digest(DATA)}").content == DATA
+    assert f"v2/{NAME}/blobs/{other}" not in keys(s3_server, bucket)
+    assert multipart_uploads(s3_server, bucket) == []
+
+
+def test_a_guessed_upload_of_a_blob_meanwhile_pushed_leaves_that_blob_alone(
+    client: httpx.Client, s3_server: S3Server, bucket: str
+) -> None:
+    assert client.head(f"/v2/{NAME}/blobs/{digest(DATA)}").status_code == 404
+    guessed = start(client)
+    client.patch(guessed, content=pieces(DATA))
+    other = start(client)
+    client.patch(other, content=pieces(DATA))
+    assert client.put(other, params={"digest": digest(DATA)}).status_code == 201
+
+    assert client.put(guessed, params={"digest": digest(DATA)}).status_code == 201
+    assert client.get(f"/v2/{NAME}/blobs/{digest(DATA)}").content == DATA
+    assert multipart_uploads(s3_server, bucket) == []
