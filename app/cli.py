@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from app.settings import SettingsError, load_settings
+from app.tools.commands import add_tool_commands
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--port", type=int, default=5000)
     serve_parser.add_argument("--log-level", default="info")
     serve_parser.set_defaults(handler=serve)
+    add_tool_commands(commands)
     return parser
 
 

@@ -50,6 +50,10 @@ class Manifest:
     artifact_type: str | None = None
     annotations: dict[str, str] | None = None
 
+    def descriptor(self, digest: str, size: int) -> Descriptor:
+        """How this manifest is listed in its subject's referrers index."""
+        return Descriptor(self.media_type, digest, size, self.artifact_type, self.annotations)
+
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}

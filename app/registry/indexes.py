@@ -70,6 +70,24 @@ def list_referrers(storage: Storage, name: str, subject: str) -> list[dict[str, 
     return descriptors
 
 
+def converge(
+    storage: Storage, key: str, truth: Callable[[], Truth], render: Callable[[Truth], bytes], content_type: str
+) -> float:
+    """Write `render(truth())` at `key` until a look at the truth taken after the write agrees with it.
+
+    Returns when that last look started: every change made before then is in the document.
+    """
+    current = truth()
+    for _ in range(VERIFY_ROUNDS):
+        storage.put_bytes(key, render(current), content_type, layout.MUTABLE_CACHE)
+        checked_at = time.monotonic()
+        latest = truth()
+        if latest == current:
+            return checked_at
+        current = latest
+    raise StorageFault(f"{key} kept changing while it was rebuilt; a retry rebuilds it again")
+
+
 class Indexes:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -88,26 +106,17 @@ class Indexes:
     async def _rebuild(
         self, key: str, truth: Callable[[], Truth], render: Callable[[Truth], bytes], content_type: str
     ) -> None:
-        """Write `render(truth())` at `key` until a look at the truth taken after the write agrees with it.
+        """`converge` at `key`, one caller at a time per key.
 
-        Callers wait on a lock per key; one whose change predates the final check of a rebuild that settled
-        while it waited is covered by that rebuild, which spares Storj a write (it takes about one per second
-        per key) when many pushes to one repository finish together.
+        A caller whose change predates the final check of a rebuild that settled while it waited is covered by
+        that rebuild, which spares Storj a write (it takes about one per second per key) when many pushes to
+        one repository finish together.
         """
         requested = time.monotonic()
         async with self._locks[key]:
             if self._settled.get(key, -math.inf) > requested:
                 return
-            current = await run(truth)
-            for _ in range(VERIFY_ROUNDS):
-                await run(self.storage.put_bytes, key, render(current), content_type, layout.MUTABLE_CACHE)
-                checked_at = time.monotonic()
-                latest = await run(truth)
-                if latest == current:
-                    self._settled[key] = checked_at
-                    return
-                current = latest
-        raise StorageFault(f"{key} kept changing while it was rebuilt; a retry rebuilds it again")
+            self._settled[key] = await run(converge, self.storage, key, truth, render, content_type)
 
     # tags -----------------------------------------------------------------------------------------------
 

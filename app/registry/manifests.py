@@ -14,7 +14,7 @@ from anyio.to_thread import run_sync as run
 
 from app import layout
 from app.errors import ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
-from app.registry.formats import Descriptor, Manifest, parse_manifest
+from app.registry.formats import Manifest, parse_manifest
 from app.registry.indexes import Indexes
 from app.registry.references import algorithm_of, digest_of, is_digest, sha256_digest
 from app.storage import Storage
@@ -59,14 +59,7 @@ class Manifests:
         await self.indexes.refresh_tags(name)
         await self.indexes.add_to_catalog(name)
         if manifest.subject is not None:
-            referrer = Descriptor(
-                media_type=manifest.media_type,
-                digest=digest,
-                size=len(body),
-                artifact_type=manifest.artifact_type,
-                annotations=manifest.annotations,
-            )
-            await self.indexes.add_referrer(name, manifest.subject.digest, referrer)
+            await self.indexes.add_referrer(name, manifest.subject.digest, manifest.descriptor(digest, len(body)))
         return PutResult(digest, manifest.subject.digest if manifest.subject else None)
 
     @staticmethod

@@ -7,35 +7,55 @@ several clients at once ends as one of them (the last writer wins) without an er
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import httpx
 import pytest
 
+from app.storage import open_storage
+from app.tools.fsck import fsck
 from tests.conftest import s3_settings
 from tests.support.pushing import OCI_MANIFEST, descriptor, digest, image_manifest, push_blob, push_manifest
 from tests.support.registry_server import running_registry
 from tests.support.seaweed import S3Server
 
 SHARED_LAYER = b"shared base layer " * 5000
+pytestmark = pytest.mark.usefixtures("fsck_clean")
 ARTIFACT = "application/vnd.example.signature"
 T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
-def replicas(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """Two registries, each with its own staging dir and in-process locks, over one bucket."""
+def shared_bucket(s3_server: S3Server) -> str:
     bucket = f"conc-{uuid.uuid4().hex[:12]}"
     s3_server.create_bucket(bucket)
-    first = s3_settings(s3_server, bucket, tmp_path_factory.mktemp("replica-a"))
-    second = s3_settings(s3_server, bucket, tmp_path_factory.mktemp("replica-b"))
+    return bucket
+
+
+@pytest.fixture(scope="module")
+def replicas(s3_server: S3Server, shared_bucket: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Two registries, each with its own staging dir and in-process locks, over one bucket."""
+    first = s3_settings(s3_server, shared_bucket, tmp_path_factory.mktemp("replica-a"))
+    second = s3_settings(s3_server, shared_bucket, tmp_path_factory.mktemp("replica-b"))
     with running_registry(first) as url_a, running_registry(second) as url_b:
         yield [url_a, url_b]
+
+
+@pytest.fixture
+def fsck_clean(s3_server: S3Server, shared_bucket: str, tmp_path: Path) -> Iterator[None]:
+    """After the test, `storj-registry fsck` finds the bucket without a problem."""
+    yield
+    out = io.StringIO()
+    report = fsck(open_storage(s3_settings(s3_server, shared_bucket, tmp_path)), out=out)
+    assert out.getvalue() == ""
+    assert report.left == 0
 
 
 def all_at_once(jobs: list[Callable[[], T]]) -> list[T]:

@@ -1,0 +1,1 @@
+"""Operator tools over a registry bucket: `storj-registry fsck` and `storj-registry gc`."""

@@ -1,0 +1,246 @@
+"""`storj-registry fsck [--repair]`: check a bucket against the invariants of the static layout.
+
+Invariants: every manifest (by tag or digest) parses, is stored with its media type as Content-Type and the
+right Cache-Control, hashes to its digest key; every tag has its manifest under its digest too; everything a
+manifest references (blobs, index children) is in the repository; tags/list, _catalog and the referrers indexes
+(with the entries they are rebuilt from) match the keys; v2/index.html exists.
+
+Each problem is one line on stdout, `PROBLEM <code> <key> <detail>`, and `REPAIRED <code> <key>` once fixed.
+`--repair` fixes what the bucket itself can tell: derived documents and entries, object metadata, a tag's
+missing digest key (from the tag's own bytes). It never invents a blob or a manifest it does not have.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TextIO
+
+from app import layout
+from app.registry import indexes
+from app.registry.formats import INDEXES
+from app.storage import Storage
+from app.tools.inventory import (
+    Inventory,
+    Progress,
+    Repository,
+    StoredManifest,
+    read_manifests,
+    take_inventory,
+)
+
+Repair = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    key: str
+    detail: str
+    repair: Repair | None = field(default=None, compare=False)
+
+    def line(self) -> str:
+        return f"PROBLEM {self.code} {self.key} {self.detail}"
+
+
+@dataclass
+class Report:
+    keys: int = 0
+    repositories: int = 0
+    manifests: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    repaired: int = 0
+
+    @property
+    def left(self) -> int:
+        return len(self.problems) - self.repaired
+
+    def summary(self) -> str:
+        return (
+            f"{self.keys} keys, {self.repositories} repositories, {self.manifests} manifests checked: "
+            f"{len(self.problems)} problems, {self.repaired} repaired, {self.left} left"
+        )
+
+
+def fsck(
+    storage: Storage, *, repair: bool = False, out: TextIO | None = None, progress: Progress | None = None
+) -> Report:
+    progress = progress or Progress("fsck")
+    out = out or sys.stdout
+    inventory = take_inventory(storage, progress)
+    report = Report(keys=inventory.keys, repositories=len(inventory.repositories))
+    checker = Checker(storage, inventory)
+    for problem in checker.problems(progress):
+        report.problems.append(problem)
+        print(problem.line(), file=out, flush=True)
+        if repair and problem.repair is not None:
+            problem.repair()
+            report.repaired += 1
+            print(f"REPAIRED {problem.code} {problem.key}", file=out, flush=True)
+    report.manifests = checker.manifests_read
+    progress.say(report.summary())
+    return report
+
+
+class Checker:
+    def __init__(self, storage: Storage, inventory: Inventory) -> None:
+        self.storage = storage
+        self.inventory = inventory
+        self.manifests_read = 0
+
+    def problems(self, progress: Progress) -> Iterator[Problem]:
+        for repository in self.inventory.sorted_repositories():
+            yield from self.check_repository(repository, progress)
+        yield from self.check_catalog()
+        yield from self.check_root()
+
+    # one repository -------------------------------------------------------------------------------------
+
+    def check_repository(self, repository: Repository, progress: Progress) -> Iterator[Problem]:
+        referrers: dict[str, dict[str, dict[str, Any]]] = {}  # subject -> referrer digest -> descriptor
+        for stored in read_manifests(self.storage, repository, progress):
+            self.manifests_read += 1
+            yield from self.check_manifest(repository, stored)
+            if stored.intact and stored.manifest and stored.manifest.subject:
+                descriptor = stored.manifest.descriptor(stored.digest, len(stored.body)).to_json()
+                referrers.setdefault(stored.manifest.subject.digest, {})[stored.digest] = descriptor
+        yield from self.check_referrers(repository, referrers)
+        yield from self.check_tags_list(repository)
+
+    def check_manifest(self, repository: Repository, stored: StoredManifest) -> Iterator[Problem]:
+        if stored.by_digest and stored.digest != stored.reference:
+            yield Problem("digest-mismatch", stored.key, f"content hashes to {stored.digest}")
+            return
+        if stored.manifest is None:
+            yield Problem("manifest-invalid", stored.key, stored.error or "does not parse")
+            return
+        yield from self.check_metadata(stored)
+        if not stored.by_digest and stored.digest not in repository.digests:
+            digest_key = layout.manifest(repository.name, stored.digest)
+            cache = layout.MANIFEST_CACHE_IMMUTABLE
+            restore = partial(self.storage.put_bytes, digest_key, stored.body, stored.manifest.media_type, cache)
+            yield Problem("tag-without-digest", stored.key, f"{digest_key} is missing", restore)
+        if stored.by_digest or stored.digest not in repository.digests:  # else checked with its digest key
+            yield from self.check_references(repository, stored)
+
+    def check_metadata(self, stored: StoredManifest) -> Iterator[Problem]:
+        """Content-Type is what pullers take the media type from; Cache-Control keeps tags fresh in caches."""
+        assert stored.manifest is not None
+        media_type = stored.manifest.media_type
+        cache = layout.MANIFEST_CACHE_IMMUTABLE if stored.by_digest else layout.MUTABLE_CACHE
+        rewrite = partial(self.storage.put_bytes, stored.key, stored.body, media_type, cache)
+        if stored.info.content_type != media_type:
+            detail = f"{stored.info.content_type!r}, not {media_type!r}"
+            yield Problem("wrong-content-type", stored.key, detail, rewrite)
+        elif stored.info.cache_control != cache:
+            yield Problem("wrong-cache-control", stored.key, f"{stored.info.cache_control!r}, not {cache!r}", rewrite)
+
+    def check_references(self, repository: Repository, stored: StoredManifest) -> Iterator[Problem]:
+        assert stored.manifest is not None
+        for blob in stored.manifest.blobs:
+            if not blob.external and blob.digest not in repository.blobs:
+                missing = layout.blob(repository.name, blob.digest)
+                yield Problem("missing-blob", missing, f"referenced by {stored.key}")
+        for child in stored.manifest.children:
+            if child.digest not in repository.digests:
+                missing = layout.manifest(repository.name, child.digest)
+                kind = "index" if stored.manifest.media_type in INDEXES else "manifest"
+                yield Problem("missing-manifest", missing, f"child of the {kind} {stored.key}")
+
+    def check_referrers(
+        self, repository: Repository, expected: dict[str, dict[str, dict[str, Any]]]
+    ) -> Iterator[Problem]:
+        name = repository.name
+        for subject in sorted(set(expected) | repository.referrers_indexes | set(repository.referrer_entries)):
+            wanted, present = expected.get(subject, {}), repository.referrer_entries.get(subject, set())
+            for digest in sorted(set(wanted) - present):
+                entry = layout.referrer_entry(name, subject, digest)
+                body = json.dumps(wanted[digest]).encode()
+                write = partial(self.storage.put_bytes, entry, body, layout.JSON, layout.MUTABLE_CACHE)
+                yield Problem("missing-referrer-entry", entry, f"{digest} has subject {subject}", write)
+            for digest in sorted(present - set(wanted)):
+                entry = layout.referrer_entry(name, subject, digest)
+                delete = partial(self.storage.delete, entry)
+                yield Problem("stale-referrer-entry", entry, f"no manifest {digest} with subject {subject}", delete)
+            document = [wanted[digest] for digest in sorted(wanted)]
+            key = layout.referrers(name, subject)
+            rebuild = partial(self._converge_referrers, name, subject)
+            yield from self.check_document(key, indexes.referrers_document(document), layout.OCI_INDEX, rebuild)
+
+    def _converge_referrers(self, name: str, subject: str) -> None:
+        truth = partial(indexes.list_referrers, self.storage, name, subject)
+        indexes.converge(
+            self.storage, layout.referrers(name, subject), truth, indexes.referrers_document, layout.OCI_INDEX
+        )
+
+    def check_tags_list(self, repository: Repository) -> Iterator[Problem]:
+        if not repository.published:
+            return
+        name = repository.name
+        truth = partial(indexes.list_tags, self.storage, name)
+        rebuild = partial(
+            indexes.converge,
+            self.storage,
+            layout.tags_list(name),
+            truth,
+            partial(indexes.tags_document, name),
+            layout.JSON,
+        )
+        expected = indexes.tags_document(name, sorted(repository.tags))
+        yield from self.check_document(layout.tags_list(name), expected, layout.JSON, rebuild)
+
+    # bucket-wide ----------------------------------------------------------------------------------------
+
+    def check_catalog(self) -> Iterator[Problem]:
+        published = {repository.name for repository in self.inventory.repositories.values() if repository.published}
+        if not (published or self.inventory.catalog or self.inventory.catalog_entries):
+            return  # nothing pushed yet
+        for name in sorted(published - self.inventory.catalog_entries):
+            entry = layout.catalog_entry(name)
+            write = partial(self.storage.put_bytes, entry, b"", layout.OCTET_STREAM, layout.MUTABLE_CACHE)
+            yield Problem("missing-catalog-entry", entry, f"repository {name} has manifests", write)
+        for name in sorted(self.inventory.catalog_entries - published):
+            entry = layout.catalog_entry(name)
+            yield Problem(
+                "stale-catalog-entry", entry, f"repository {name} has no manifests", partial(self.storage.delete, entry)
+            )
+        truth = partial(indexes.list_catalog, self.storage)
+        rebuild = partial(indexes.converge, self.storage, layout.CATALOG, truth, indexes.catalog_document, layout.JSON)
+        yield from self.check_document(
+            layout.CATALOG, indexes.catalog_document(sorted(published)), layout.JSON, rebuild
+        )
+
+    def check_root(self) -> Iterator[Problem]:
+        write = partial(self.storage.put_bytes, layout.INDEX_HTML, b"", layout.HTML, layout.MUTABLE_CACHE)
+        info = self.storage.stat(layout.INDEX_HTML)
+        if info is None and self.inventory.keys:
+            yield Problem("missing-index-html", layout.INDEX_HTML, "the /v2/ ping of a static server needs it", write)
+        elif info is not None and info.content_type != layout.HTML:
+            yield Problem("wrong-content-type", layout.INDEX_HTML, f"{info.content_type!r}, not {layout.HTML!r}", write)
+        for digest in sorted(self.inventory.blob_records):
+            if not self.inventory.holders(digest):
+                record = layout.blob_location(digest)
+                delete = partial(self.storage.delete, record)
+                yield Problem("stale-blob-record", record, "no repository holds this blob", delete)
+        for key in sorted(self.inventory.unexpected):
+            yield Problem("unexpected-key", key, "not part of the registry layout")
+
+    def check_document(self, key: str, expected: bytes, content_type: str, rebuild: Repair) -> Iterator[Problem]:
+        """A derived JSON document: present, with the right type and cache policy, saying what `expected` says."""
+        found = self.storage.read_small(key)
+        if found is None:
+            yield Problem("missing-document", key, "derived document absent", rebuild)
+            return
+        body, info = found
+        try:
+            same = json.loads(body) == json.loads(expected)
+        except ValueError:
+            same = False
+        if not same:
+            yield Problem("stale-document", key, "does not match the keys it is derived from", rebuild)
+        elif info.content_type != content_type or info.cache_control != layout.MUTABLE_CACHE:
+            detail = f"{info.content_type!r} / {info.cache_control!r}, not {content_type!r} / {layout.MUTABLE_CACHE!r}"
+            yield Problem("wrong-content-type", key, detail, rebuild)

@@ -1,0 +1,221 @@
+"""`storj-registry gc [--delete] [--grace-seconds N]`: find (and delete) what nothing references, per repository.
+
+A manifest is kept when a tag reaches it: directly, as a child of a kept index, or as a referrer (its `subject`)
+of a kept manifest. A blob is kept when a kept manifest names it. The rest is garbage, except objects modified
+within the grace period: a push in progress has uploaded blobs, or a manifest by digest, that nothing references
+yet. Without `--delete` it only reports (`would-delete <key>`). With it, manifests go first; then the repository
+is listed and read again, so that a manifest pushed meanwhile keeps its blobs (and a tag pushed meanwhile onto a
+deleted manifest gets its digest key back from its own bytes); then the blobs go.
+
+A repository with a manifest that cannot be read or does not match its digest is left alone: what it
+references is unknown. `fsck` names the culprit.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TextIO
+
+from app import layout
+from app.registry import indexes
+from app.storage import Storage
+from app.tools.inventory import (
+    Inventory,
+    Progress,
+    Repository,
+    StoredManifest,
+    read_manifests,
+    relist_manifests,
+    take_inventory,
+)
+
+DEFAULT_GRACE_SECONDS = 24 * 3600
+
+
+@dataclass
+class Report:
+    repositories: int = 0
+    manifests: int = 0
+    blobs: int = 0
+    garbage: int = 0
+    recent: int = 0
+    deleted: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self, delete: bool) -> str:
+        outcome = f"{self.deleted} deleted" if delete else f"{self.garbage - self.recent} would be deleted (dry run)"
+        skipped = f"; {len(self.skipped)} repositories left alone (unreadable manifests)" if self.skipped else ""
+        return (
+            f"{self.repositories} repositories, {self.manifests} manifests, {self.blobs} blobs: "
+            f"{self.garbage} unreferenced, {self.recent} kept as recent, {outcome}{skipped}"
+        )
+
+
+@dataclass
+class Reachability:
+    """What a repository's tags keep alive, and the manifests read on the way."""
+
+    manifests: set[str]
+    blobs: set[str]
+    by_digest: dict[str, StoredManifest]
+    tags: list[StoredManifest]
+    unreadable: list[str]
+
+
+def reachable(stored: Iterable[StoredManifest], roots: Iterable[str] = ()) -> Reachability:
+    """Follow tags (and `roots`) to their manifests, indexes to their children, subjects to their referrers."""
+    by_digest: dict[str, StoredManifest] = {}
+    tags: list[StoredManifest] = []
+    unreadable: list[str] = []
+    for item in stored:
+        if not item.intact:
+            unreadable.append(item.key)
+        elif item.by_digest:
+            by_digest[item.digest] = item
+        else:
+            tags.append(item)
+    for tag in tags:
+        by_digest.setdefault(tag.digest, tag)
+    referrers: dict[str, list[str]] = {}
+    for digest, item in by_digest.items():
+        if item.manifest and item.manifest.subject:
+            referrers.setdefault(item.manifest.subject.digest, []).append(digest)
+    kept: set[str] = set()
+    blobs: set[str] = set()
+    pending = [tag.digest for tag in tags] + list(roots)
+    while pending:
+        digest = pending.pop()
+        if digest in kept:
+            continue
+        kept.add(digest)
+        pending += referrers.get(digest, [])
+        manifest = by_digest[digest].manifest if digest in by_digest else None
+        if manifest is not None:
+            pending += [child.digest for child in manifest.children]
+            blobs.update(blob.digest for blob in manifest.blobs)
+    return Reachability(kept, blobs, by_digest, tags, unreadable)
+
+
+class Collector:
+    def __init__(self, storage: Storage, grace_seconds: float, delete: bool, out: TextIO, progress: Progress) -> None:
+        self.storage = storage
+        self.grace_seconds = grace_seconds
+        self.delete = delete
+        self.out = out
+        self.progress = progress
+        self.report = Report()
+        self.started = time.time()
+        self.deleted_blobs: set[str] = set()
+
+    def collect(self, inventory: Inventory) -> Report:
+        for repository in inventory.sorted_repositories():
+            self.collect_repository(repository)
+        self.forget_blob_records(inventory)
+        return self.report
+
+    def collect_repository(self, repository: Repository) -> None:
+        self.report.repositories += 1
+        self.report.blobs += len(repository.blobs)
+        self.report.manifests += len(repository.digests)
+        stored = list(read_manifests(self.storage, repository, self.progress))
+        alive = reachable(stored)
+        if alive.unreadable:
+            self.report.skipped.append(repository.name)
+            self.progress.say(f"{repository.name} left alone, unreadable: {', '.join(alive.unreadable)}")
+            return
+        name = repository.name
+        unreferenced = sorted(d for d in repository.digests - alive.manifests if d in alive.by_digest)
+        old = self.old_enough(unreferenced, partial(layout.manifest, name))
+        recent = set(unreferenced) - set(old)
+        if recent:  # a push in progress: what its manifests reference stays too
+            alive = reachable(stored, roots=recent)
+            self.report.garbage -= sum(digest in alive.manifests for digest in old)
+        dropped = [digest for digest in old if digest not in alive.manifests]
+        for digest in dropped:
+            self.remove(layout.manifest(name, digest), partial(self.forget_manifest, name, alive.by_digest[digest]))
+        candidates = sorted(repository.blobs - alive.blobs)
+        if self.delete and dropped and candidates:
+            alive = self.look_again(name, set(dropped))
+            if alive.unreadable:
+                return
+        for digest in self.old_enough([d for d in candidates if d not in alive.blobs], partial(layout.blob, name)):
+            self.remove(layout.blob(name, digest), partial(self.storage.delete, layout.blob(name, digest)))
+            self.deleted_blobs.add(digest)
+
+    def look_again(self, name: str, dropped: set[str]) -> Reachability:
+        """Read the repository again after deleting manifests: pushes may have come while gc was deciding.
+
+        Every manifest there now stays, so every blob it names stays. A tag pushed meanwhile onto a manifest
+        just deleted gets the manifest's digest key back, from its own (identical) bytes.
+        """
+        now = relist_manifests(self.storage, name)
+        alive = reachable(read_manifests(self.storage, now, self.progress), roots=now.digests)
+        for tag in alive.tags:
+            if tag.digest in dropped and tag.digest not in now.digests and tag.manifest is not None:
+                key = layout.manifest(name, tag.digest)
+                self.storage.put_bytes(key, tag.body, tag.manifest.media_type, layout.MANIFEST_CACHE_IMMUTABLE)
+                print(f"restored {key} (tagged again meanwhile)", file=self.out, flush=True)
+        return alive
+
+    def old_enough(self, digests: list[str], key_of: Callable[[str], str]) -> list[str]:
+        """Count each unreferenced object; report those modified within the grace period, return the others."""
+        old = []
+        for digest in digests:
+            key = key_of(digest)
+            info = self.storage.stat(key)
+            if info is None:  # gone since the listing
+                continue
+            self.report.garbage += 1
+            age = self.started - (info.last_modified or 0)
+            if age < self.grace_seconds:
+                self.report.recent += 1
+                print(f"kept-recent {key} modified {age:.0f}s ago", file=self.out, flush=True)
+            else:
+                old.append(digest)
+        return old
+
+    def remove(self, key: str, delete: Callable[[], None]) -> None:
+        if not self.delete:
+            print(f"would-delete {key}", file=self.out, flush=True)
+            return
+        delete()
+        self.report.deleted += 1
+        print(f"deleted {key}", file=self.out, flush=True)
+
+    def forget_manifest(self, name: str, item: StoredManifest) -> None:
+        """Delete a manifest by digest, and its entry in the referrers index of its subject."""
+        self.storage.delete(item.key)
+        if item.manifest is None or item.manifest.subject is None:
+            return
+        subject = item.manifest.subject.digest
+        self.storage.delete(layout.referrer_entry(name, subject, item.digest))
+        truth = partial(indexes.list_referrers, self.storage, name, subject)
+        indexes.converge(
+            self.storage, layout.referrers(name, subject), truth, indexes.referrers_document, layout.OCI_INDEX
+        )
+
+    def forget_blob_records(self, inventory: Inventory) -> None:
+        """A sharing record of a blob that no repository holds any more would only send HEADs to a miss."""
+        for digest in sorted(self.deleted_blobs & inventory.blob_records):
+            if all(self.storage.stat(layout.blob(name, digest)) is None for name in inventory.holders(digest)):
+                self.storage.delete(layout.blob_location(digest))
+
+
+def gc(
+    storage: Storage,
+    *,
+    delete: bool = False,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    out: TextIO | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    progress = progress or Progress("gc")
+    out = out or sys.stdout
+    inventory = take_inventory(storage, progress)
+    report = Collector(storage, grace_seconds, delete, out, progress).collect(inventory)
+    progress.say(report.summary(delete))
+    return report

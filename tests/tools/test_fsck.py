@@ -1,0 +1,93 @@
+"""`storj-registry fsck`: a pushed bucket is clean; a broken one is reported, and `--repair` fixes the fixable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app import cli, layout
+from app.registry.indexes import tags_document
+from app.settings import Settings
+from app.storage import Storage
+from app.tools.fsck import fsck
+from tests.support.pushing import OCI_MANIFEST, digest
+from tests.tools.conftest import NAME, Sample, run_tool
+
+
+def codes(lines: list[str]) -> set[tuple[str, str]]:
+    return {tuple(line.split(" ", 3)[1:3]) for line in lines if line.startswith("PROBLEM ")}  # type: ignore[misc]
+
+
+def test_a_pushed_bucket_is_clean(storage: Storage, sample: Sample) -> None:
+    report, lines = run_tool(fsck, storage)
+    assert lines == []
+    assert report.manifests == 9  # 6 by digest, 3 tags
+    assert report.left == 0
+
+
+def break_the_bucket(storage: Storage, sample: Sample) -> dict[tuple[str, str], bool]:
+    """Damage of every kind; maps each expected (code, key) to whether --repair can fix it."""
+    tag_key = layout.manifest(NAME, "v1")
+    storage.put_bytes(tag_key, sample.tagged.manifest, "application/json", layout.MUTABLE_CACHE)
+    missing_layer = layout.blob(NAME, digest(sample.tagged.layers[1]))
+    storage.delete(missing_layer)
+    liar = layout.manifest(NAME, digest(b"not this manifest"))
+    storage.put_bytes(liar, sample.child, OCI_MANIFEST, layout.MANIFEST_CACHE_IMMUTABLE)
+    storage.put_bytes(layout.tags_list(NAME), tags_document(NAME, ["v1"]), layout.JSON, layout.MUTABLE_CACHE)
+    storage.delete(layout.manifest(NAME, digest(sample.index)))
+    storage.delete(layout.catalog_entry(NAME))
+    storage.put_bytes(layout.CATALOG, b'{"repositories": []}', layout.JSON, layout.MUTABLE_CACHE)
+    signature_entry = layout.referrer_entry(NAME, sample.tagged.digest, digest(sample.signature))
+    storage.delete(signature_entry)
+    storage.delete(layout.INDEX_HTML)
+    return {
+        ("wrong-content-type", tag_key): True,
+        ("missing-blob", missing_layer): False,
+        ("digest-mismatch", liar): False,
+        ("stale-document", layout.tags_list(NAME)): True,
+        ("tag-without-digest", layout.manifest(NAME, "multi")): True,
+        ("missing-catalog-entry", layout.catalog_entry(NAME)): True,
+        ("stale-document", layout.CATALOG): True,
+        ("missing-referrer-entry", signature_entry): True,
+        ("missing-index-html", layout.INDEX_HTML): True,
+        ("stale-blob-record", layout.blob_location(digest(sample.tagged.layers[1]))): True,
+    }
+
+
+def test_a_broken_bucket_is_reported_and_repaired(storage: Storage, sample: Sample) -> None:
+    expected = break_the_bucket(storage, sample)
+    report, lines = run_tool(fsck, storage)
+    assert codes(lines) == set(expected)
+    assert report.left == len(lines)  # a blob missing from two manifests is two lines
+
+    report, lines = run_tool(fsck, storage, repair=True)
+    repaired = {tuple(line.split(" ")[1:3]) for line in lines if line.startswith("REPAIRED ")}
+    assert repaired == {problem for problem, fixable in expected.items() if fixable}
+
+    report, lines = run_tool(fsck, storage)
+    assert codes(lines) == {problem for problem, fixable in expected.items() if not fixable}
+    tag = storage.read_small(layout.manifest(NAME, "v1"))
+    assert tag is not None and tag[1].content_type == OCI_MANIFEST
+    tags = storage.read_small(layout.tags_list(NAME))
+    assert tags is not None and json.loads(tags[0])["tags"] == ["multi", "v1", "v2"]
+    referrers = storage.read_small(layout.referrers(NAME, sample.tagged.digest))
+    assert referrers is not None
+    assert [m["digest"] for m in json.loads(referrers[0])["manifests"]] == [digest(sample.signature)]
+
+
+def test_the_command_exits_1_while_problems_remain(
+    settings: Settings, storage: Storage, sample: Sample, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    for field, value in settings.model_dump(include={"storage", "data_dir", "staging_dir"}).items():
+        monkeypatch.setenv(f"REGISTRY_{field.upper()}", str(value))
+    if settings.storage == "s3":
+        for field in ("s3_endpoint", "s3_bucket", "s3_access_key", "s3_secret_key", "s3_region"):
+            monkeypatch.setenv(f"REGISTRY_{field.upper()}", getattr(settings, field))
+    storage.delete(layout.tags_list(NAME))
+    assert cli.main(["fsck"]) == 1
+    assert cli.main(["fsck", "--repair"]) == 0
+    assert cli.main(["fsck"]) == 0
+    captured = capsys.readouterr()
+    assert f"PROBLEM missing-document {layout.tags_list(NAME)}" in captured.out
+    assert "0 problems, 0 repaired, 0 left" in captured.err
