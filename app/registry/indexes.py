@@ -96,12 +96,13 @@ class Indexes:
         self._index_html_written = False
 
     async def ensure_index_html(self) -> None:
-        """`v2/index.html` makes a static server answer the `/v2/` ping with 200."""
+        """`v2/index.html` makes a static server answer the `/v2/` ping with 200 (written once, not per push)."""
         if self._index_html_written:
             return
-        if await run(self.storage.stat, layout.INDEX_HTML) is None:
-            await run(self.storage.put_bytes, layout.INDEX_HTML, b"", layout.HTML, layout.MUTABLE_CACHE)
-        self._index_html_written = True
+        async with self._locks[layout.INDEX_HTML]:
+            if not self._index_html_written and await run(self.storage.stat, layout.INDEX_HTML) is None:
+                await run(self.storage.put_bytes, layout.INDEX_HTML, b"", layout.HTML, layout.MUTABLE_CACHE)
+            self._index_html_written = True
 
     async def _rebuild(
         self, key: str, truth: Callable[[], Truth], render: Callable[[Truth], bytes], content_type: str
