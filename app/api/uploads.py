@@ -67,8 +67,12 @@ async def start_upload(name: str, request: Request, registry: RegistryDep) -> Re
         check_digest(digest)
     upload = registry.uploads.create(name)
     if digest is not None:
-        await receive(registry, upload, request)
-        await registry.blobs.commit(upload, digest)
+        try:
+            await receive(registry, upload, request)
+            await registry.blobs.commit(upload, digest)
+        except Exception:  # the client never learnt this session's id, so nobody could resume it
+            await registry.uploads.discard(upload)
+            raise
         return blob_created(name, digest)
     return Response(status_code=202, headers=progress_headers(upload, 0))
 

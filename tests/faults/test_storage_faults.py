@@ -146,6 +146,17 @@ def test_a_final_put_with_a_body_can_be_retried_as_it_was(impatient: httpx.Clien
     assert impatient.get(f"/v2/{NAME}/blobs/{digest(CONFIG)}").content == CONFIG
 
 
+def test_a_failed_single_request_upload_leaves_no_session(
+    impatient: httpx.Client, faults: FaultProxy, tmp_path: Path
+) -> None:
+    faults.add(fault_proxy.unavailable(method="PUT", path=f"/blobs/{digest(CONFIG)}$"))
+    single = {"digest": digest(CONFIG)}
+    assert_unavailable(impatient.post(f"/v2/{NAME}/blobs/uploads/", params=single, content=CONFIG))
+    assert list((tmp_path / "staging").iterdir()) == []
+    faults.clear()
+    assert impatient.post(f"/v2/{NAME}/blobs/uploads/", params=single, content=CONFIG).status_code == 201
+
+
 def test_a_manifest_write_that_fails_never_leaves_a_tag_to_something_missing(
     impatient: httpx.Client, faults: FaultProxy, s3_server: S3Server, bucket: str
 ) -> None:
