@@ -12,6 +12,7 @@ from app.auth.access import PULL
 from app.errors import DigestInvalid
 from app.lifecycle import accepting_uploads
 from app.registry import Registry
+from app.registry.limits import BodyRefused, StagingLimits
 from app.registry.references import DIGEST_RE, NAME_RE, algorithm_of, check_digest, check_name
 from app.registry.uploads import Upload
 
@@ -48,8 +49,14 @@ def chunk_bounds(request: Request) -> tuple[int | None, int | None]:
 
 async def receive(registry: Registry, upload: Upload, request: Request) -> int:
     start, length = chunk_bounds(request)
+    limits: StagingLimits = request.app.state.staging_limits
     async with registry.uploads.lock(upload):
-        return await registry.uploads.append(upload, request.stream(), start, length)
+        try:
+            body = limits.watch(request.stream(), registry.uploads.size(upload), length)
+            return await registry.uploads.append(upload, body, start, length)
+        except BodyRefused:  # too large, disk full or stalled: the session cannot finish, free its disk
+            await registry.uploads.discard(upload)
+            raise
 
 
 @router.post("/v2/{name:path}/blobs/uploads/", dependencies=[Depends(accepting_uploads)])
@@ -65,6 +72,7 @@ async def start_upload(name: str, request: Request, registry: RegistryDep) -> Re
     digest = params.get("digest")
     if digest is not None:
         check_digest(digest)
+    request.app.state.staging_limits.check_free()
     upload = registry.uploads.create(name)
     if digest is not None:
         try:
