@@ -8,7 +8,8 @@ is listed and read again, so that a manifest pushed meanwhile keeps its blobs (a
 deleted manifest gets its digest key back from its own bytes); then the blobs go.
 
 A repository with a manifest that cannot be read or does not match its digest is left alone: what it
-references is unknown. `fsck` names the culprit.
+references is unknown. `fsck` names the culprit. Objects a blob commit left at its staging key
+(`layout.staged_upload`, when the service died between completing and copying them) go too, after the grace.
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ class Collector:
         for repository in inventory.sorted_repositories():
             self.collect_repository(repository)
         self.forget_blob_records(inventory)
+        for upload_id in self.old_enough(sorted(inventory.staged_uploads), layout.staged_upload):
+            key = layout.staged_upload(upload_id)
+            self.remove(key, partial(self.storage.delete, key))
         return self.report
 
     def collect_repository(self, repository: Repository) -> None:
@@ -161,11 +165,11 @@ class Collector:
                 print(f"restored {key} (tagged again meanwhile)", file=self.out, flush=True)
         return alive
 
-    def old_enough(self, digests: list[str], key_of: Callable[[str], str]) -> list[str]:
+    def old_enough(self, names: list[str], key_of: Callable[[str], str]) -> list[str]:
         """Count each unreferenced object; report those modified within the grace period, return the others."""
         old = []
-        for digest in digests:
-            key = key_of(digest)
+        for name in names:
+            key = key_of(name)
             info = self.storage.stat(key)
             if info is None:  # gone since the listing
                 continue
@@ -175,7 +179,7 @@ class Collector:
                 self.report.recent += 1
                 print(f"kept-recent {key} modified {age:.0f}s ago", file=self.out, flush=True)
             else:
-                old.append(digest)
+                old.append(name)
         return old
 
     def remove(self, key: str, delete: Callable[[], None]) -> None:

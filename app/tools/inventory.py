@@ -17,6 +17,7 @@ from app import layout
 from app.errors import ManifestInvalid
 from app.registry.formats import Manifest, parse_manifest
 from app.registry.references import DIGEST_RE, NAME_RE, TAG_RE, algorithm_of, digest_of
+from app.registry.uploads import UPLOAD_ID_RE
 from app.storage import ObjectInfo, Storage
 
 PROGRESS_EVERY = 1000
@@ -42,6 +43,7 @@ KEY_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ),
     ("catalog_entry", _pattern(layout.catalog_entry("@name@"), name=_NAME)),
     ("blob_record", _pattern(layout.blob_location("@digest@"), digest=_DIGEST)),
+    ("staged_upload", _pattern(layout.staged_upload("@id@"), id=UPLOAD_ID_RE.pattern)),
 ]
 
 
@@ -68,6 +70,7 @@ class Inventory:
     catalog: bool = False
     catalog_entries: set[str] = field(default_factory=set)
     blob_records: set[str] = field(default_factory=set)
+    staged_uploads: set[str] = field(default_factory=set)  # a commit in progress, or one a crash interrupted
     unexpected: list[str] = field(default_factory=list)
     keys: int = 0
 
@@ -123,6 +126,7 @@ _ADDERS: dict[str, Callable[[Inventory, dict[str, str]], None]] = {
     "referrer_entry": _add_referrer_entry,
     "catalog_entry": lambda inv, f: inv.catalog_entries.add(f["name"]),
     "blob_record": lambda inv, f: inv.blob_records.add(f["digest"]),
+    "staged_upload": lambda inv, f: inv.staged_uploads.add(f["id"]),
 }
 
 
