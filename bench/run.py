@@ -13,6 +13,8 @@ printed at the end: the machine is shared and noisy, so single runs mean little.
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -34,6 +36,7 @@ from tests.support.seaweed import S3Server, start_seaweed
 from tests.support.tools import require_tool
 
 PUSH_TIMEOUT_S = 900
+CPU_COLUMNS = ("service", "reference", "seaweedfs", "skopeo", "boto3")
 RAW_WORKERS = 8  # blobs in flight for the raw upload: one per concurrent image, like skopeo's parallel layers
 
 
@@ -43,12 +46,14 @@ class Case:
     title: str
     layers: list[list[int]]  # per image, its layer sizes
     reference: bool = True
+    max_vs_reference: float | None = None  # the issue's targets (floors): service time / reference time
+    max_vs_raw: float | None = None  # service time / raw upload time
 
 
 CASES = {
-    "big": Case("big", "1 x 512 MiB layer", [[512 * MiB]]),
-    "many": Case("many", "50 x 1 MiB layers", [[MiB] * 50]),
-    "concurrent": Case("concurrent", "8 images x 128 MiB, at once", [[128 * MiB]] * 8),
+    "big": Case("big", "1 x 512 MiB layer", [[512 * MiB]], max_vs_reference=0.5, max_vs_raw=1.3),
+    "many": Case("many", "50 x 1 MiB layers", [[MiB] * 50], max_vs_reference=0.7),
+    "concurrent": Case("concurrent", "8 images x 128 MiB, at once", [[128 * MiB]] * 8, max_vs_raw=1 / 0.8),
 }
 BIG_CASE = Case("huge", "1 x 2 GiB layer (RSS check)", [[2048 * MiB]], reference=False)
 
@@ -58,6 +63,32 @@ class Sample:
     seconds: float
     errors: int = 0
     peak_rss: int | None = None
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process: where a 2-core box spends them
+
+
+class CpuMeter:
+    """CPU seconds (user + system) used by the registry, SeaweedFS, the clients and this process meanwhile."""
+
+    def __init__(self, s3: S3Server, registry: Registry | None) -> None:
+        self.pids = {"seaweedfs": s3.process.pid} if s3.process else {}
+        if registry is not None:
+            self.pids[registry.label] = registry.process.pid
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        totals = {name: process_cpu(pid) for name, pid in self.pids.items()}
+        return totals | {"skopeo": children.ru_utime + children.ru_stime, "boto3": own.ru_utime + own.ru_stime}
+
+    def used(self) -> dict[str, float]:
+        end = self._read()
+        return {name: end[name] - self.start[name] for name in end}
+
+
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -121,11 +152,11 @@ def run_repeat(s3: S3Server, workdir: Path, cases: list[Case], repeat: int, args
         for number, case in enumerate(cases):
             images = make_images(workdir / "images" / case.key, case, seed=(repeat * 100 + number) * 1000)
             contenders: dict[str, Callable[[], Sample]] = {
-                "service": partial(push_all, service, images, case.key, s3),
+                "service": partial(push_all, service, images, case.key, s3, True),
                 "raw": partial(upload_raw, s3, buckets["raw"], images, case.key, transfer),
             }
             if case.reference:
-                contenders["reference"] = partial(push_all, reference, images, case.key, None)
+                contenders["reference"] = partial(push_all, reference, images, case.key, s3, False)
             order = list(contenders) if repeat % 2 == 0 else list(reversed(contenders))
             for contender in order:
                 sample = contenders[contender]()
@@ -146,9 +177,10 @@ def make_images(directory: Path, case: Case, seed: int) -> list[BenchImage]:
     return [write_image(directory / f"image{i}", "v1", seed + i * 100, sizes) for i, sizes in enumerate(case.layers)]
 
 
-def push_all(registry: Registry, images: list[BenchImage], case: str, s3: S3Server | None) -> Sample:
-    """skopeo-push every image at once; with `s3`, also check the bucket holds every blob at its size."""
+def push_all(registry: Registry, images: list[BenchImage], case: str, s3_server: S3Server, check: bool) -> Sample:
+    """skopeo-push every image at once; with `check`, also verify the bucket holds every blob at its size."""
     registry.reset_peak_rss()
+    meter = CpuMeter(s3_server, registry)
     started = time.monotonic()
     processes = [
         subprocess.Popen(
@@ -166,9 +198,11 @@ def push_all(registry: Registry, images: list[BenchImage], case: str, s3: S3Serv
             print(f"  !! {registry.label}: skopeo failed: {stderr.decode(errors='replace')[-500:]}", flush=True)
     seconds = time.monotonic() - started
     peak = registry.peak_rss() if registry.label == "service" else None
-    if s3 is not None:
-        errors += missing_blobs(s3, registry.bucket, images, case)
-    return Sample(seconds, errors, peak)
+    cpu = meter.used()
+    if check:
+        errors += missing_blobs(s3_server, registry.bucket, images, case)
+    del cpu["boto3"]
+    return Sample(seconds, errors, peak, cpu)
 
 
 def skopeo_push(image: BenchImage, destination: str) -> list[str]:
@@ -203,21 +237,40 @@ def upload_raw(s3: S3Server, bucket: str, images: list[BenchImage], case: str, t
     """The storage limit: the same blobs uploaded straight to SeaweedFS by boto3, several at once."""
     client = s3.client()
     jobs = [(blob, f"raw/{case}{i}/{blob.digest}") for i, image in enumerate(images) for blob in image.blobs]
+    meter = CpuMeter(s3, None)
     started = time.monotonic()
     with ThreadPoolExecutor(RAW_WORKERS) as pool:
         list(pool.map(lambda job: client.upload_file(str(job[0].path), bucket, job[1], Config=transfer), jobs))
-    return Sample(time.monotonic() - started)
+    seconds = time.monotonic() - started
+    cpu = meter.used()
+    del cpu["skopeo"]
+    return Sample(seconds, cpu=cpu)
 
 
 def print_table(cases: list[Case], results: Results, heading: str) -> None:
     print(f"\n{heading}")
     header = "| case | MiB | service s | reference s | raw s | service/reference | service/raw | service MiB/s "
-    header += "| raw MiB/s | service peak RSS MiB | errors |"
+    header += "| raw MiB/s | service peak RSS MiB | errors | targets |"
     print(header)
-    print("|---" * 11 + "|")
+    print("|---" * 12 + "|")
     for case in cases:
         print(table_row(case, results))
+    print_cpu_table(cases, results)
     sys.stdout.flush()
+
+
+def print_cpu_table(cases: list[Case], results: Results) -> None:
+    """Median CPU seconds per process during each contender's run of each case."""
+    print("\n| case | contender | " + " | ".join(f"{name} CPU s" for name in CPU_COLUMNS) + " | total CPU s |")
+    print("|---|---|" + "---|" * (len(CPU_COLUMNS) + 1))
+    for case in cases:
+        for contender in ("service", "reference", "raw"):
+            samples = results.samples.get((case.key, contender), [])
+            if not samples:
+                continue
+            medians = [statistics.median(s.cpu.get(name, 0.0) for s in samples) for name in CPU_COLUMNS]
+            cells = [case.title, contender, *(f"{value:.2f}" for value in medians), f"{sum(medians):.2f}"]
+            print("| " + " | ".join(cells) + " |")
 
 
 def table_row(case: Case, results: Results) -> str:
@@ -236,8 +289,18 @@ def table_row(case: Case, results: Results) -> str:
         _fmt(size / raw if raw else None, 0),
         _fmt(rss / MiB if rss else None, 0),
         str(results.errors(case.key)),
+        targets(case, service, reference, raw),
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def targets(case: Case, service: float | None, reference: float | None, raw: float | None) -> str:
+    """Which of the issue's targets the medians meet (RSS is judged by eye: under 200 MiB, flat in size)."""
+    verdicts = []
+    for label, limit, other in (("ref", case.max_vs_reference, reference), ("raw", case.max_vs_raw, raw)):
+        if limit is not None and service and other:
+            verdicts.append(f"{label} <= {limit:.2f}: {'met' if service / other <= limit else 'MISSED'}")
+    return "; ".join(verdicts) or "-"
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import boto3
 from boto3.exceptions import S3UploadFailedError
-from boto3.s3.transfer import TransferConfig
+from boto3.s3.transfer import S3Transfer, TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.utils import ReadFileChunk
@@ -70,11 +70,15 @@ class S3Storage:
         self.client.meta.events.register_first("before-sign.s3", _drop_expect_continue)
         self.part_size = settings.s3_part_size
         self.max_concurrency = settings.s3_max_concurrency
-        self.transfer = TransferConfig(
-            multipart_threshold=settings.s3_part_size,
-            multipart_chunksize=settings.s3_part_size,
-            max_concurrency=settings.s3_max_concurrency,
-            use_threads=True,
+        # One transfer manager (and its thread pool) for the service's life, not one per upload.
+        self.transfer = S3Transfer(
+            self.client,
+            TransferConfig(
+                multipart_threshold=settings.s3_part_size,
+                multipart_chunksize=settings.s3_part_size,
+                max_concurrency=settings.s3_max_concurrency,
+                use_threads=True,
+            ),
         )
 
     def _key(self, key: str) -> str:
@@ -142,12 +146,8 @@ class S3Storage:
 
     def put_file(self, key: str, path: Path, content_type: str, cache_control: str | None = None) -> None:
         try:
-            self.client.upload_file(
-                str(path),
-                self.bucket,
-                self._key(key),
-                ExtraArgs=self._metadata(content_type, cache_control),
-                Config=self.transfer,
+            self.transfer.upload_file(
+                str(path), self.bucket, self._key(key), extra_args=self._metadata(content_type, cache_control)
             )
         except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
             raise StorageFault(f"upload of {key} failed: {exc}") from exc
