@@ -144,7 +144,7 @@ def test_pushes_at_once_under_storj_throttling(
     faults: FaultProxy, s3_server: S3Server, shared_bucket: str, tmp_path: Path
 ) -> None:
     """Storj takes about one write per second per key and answers 429 SlowDown beyond: the service retries."""
-    throttle = faults.add(throttle_writes_per_key(0.5, method="PUT"))  # Storj's 1 s, halved to keep the test short
+    throttle = faults.add(throttle_writes_per_key(0.3, method="PUT"))  # Storj's 1 s, shortened to keep the test short
     tags = [f"t{i}" for i in range(6)]
     with running_registry(proxied_settings(s3_server, shared_bucket, tmp_path, faults)) as url:
         all_at_once([lambda i=i, tag=tag: push(url, "conc/throttled", tag, 400 + i) for i, tag in enumerate(tags)])
