@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from app.settings import Settings
+
 from ._support import CHART_DIR, require_module
 
 helm = require_module("helm_python", "helm-python-sdk")
@@ -65,8 +67,23 @@ SCALED: dict[str, Any] = {
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     "staging": {"persistence": {"enabled": True, "accessMode": "ReadWriteMany", "storageClass": "nfs"}},
 }
+TOKEN_KEY = "-----BEGIN PRIVATE KEY-----\nnot-a-real-key\n-----END PRIVATE KEY-----\n"
+RULES = "rules:\n  - users: [pusher]\n    repositories: ['team/*']\n    actions: [push]\n"
+TOKEN_AUTH: dict[str, Any] = {
+    **INGRESS_TLS,
+    "auth": {
+        "htpasswd": {"enabled": True, "content": HTPASSWD},
+        "access": RULES,
+        "anonymousPull": True,
+        "token": {"enabled": True, "service": "push.example.com", "ttl": 600},
+        "tokenKey": TOKEN_KEY,
+    },
+    "trustedProxies": "10.0.0.0/8, 192.168.0.0/16",
+    "serviceUrl": "https://push.example.com",
+}
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "token-auth": TOKEN_AUTH,
     "ingress-tls": INGRESS_TLS,
     "existing-secret": EXISTING_SECRET,
     "staging-pvc": STAGING_PVC,
@@ -605,3 +622,45 @@ def test_lint_reports_schema_violations_as_errors() -> None:
 def test_schema_accepts_every_documented_default(chart: Any) -> None:
     chart.validate_schema(chart.values)
     chart.validate_schema({"global": {"imageRegistry": "mirror.example.com"}})  # parent charts pass `global`
+
+
+# --- authentication (app/auth) -------------------------------------------------------------------------
+
+
+def test_token_auth_rules_and_signing_key_reach_the_service(chart: Any) -> None:
+    rendered = render(chart, TOKEN_AUTH)
+    env = {name: item.get("value") for name, item in rendered.env().items()}
+    auth_dir = rendered.mount("htpasswd")["mountPath"]
+    assert env["REGISTRY_AUTH_HTPASSWD"] == f"{auth_dir}/htpasswd"
+    assert env["REGISTRY_AUTH_ACCESS"] == f"{auth_dir}/access.yaml"
+    assert env["REGISTRY_AUTH_TOKEN_KEY"] == f"{auth_dir}/token.key"
+    assert env["REGISTRY_AUTH_TOKEN_ENABLED"] == "true" and env["REGISTRY_AUTH_TOKEN_TTL"] == "600"
+    assert env["REGISTRY_AUTH_ANONYMOUS_PULL"] == "true"
+    assert env["REGISTRY_TRUSTED_PROXIES"] == "10.0.0.0/8, 192.168.0.0/16"
+    assert env["REGISTRY_SERVICE_URL"] == "https://push.example.com"
+    items = rendered.volume("htpasswd")["secret"]["items"]
+    assert [item["path"] for item in items] == ["htpasswd", "access.yaml", "token.key"]
+    data = rendered.one("Secret")["data"]
+    assert base64.b64decode(data["token.key"]).decode() == TOKEN_KEY
+    assert base64.b64decode(data["access.yaml"]).decode() == RULES
+    assert all("not-a-real-key" not in yaml.safe_dump(m) for m in rendered.manifests if m["kind"] != "Secret")
+
+
+def test_every_rendered_registry_variable_is_a_setting_of_the_service(chart: Any) -> None:
+    """A misspelt variable would be ignored silently by the service (extra settings are allowed)."""
+    for values in VALUE_SETS.values():
+        for name in render(chart, values).env():
+            if name.startswith("REGISTRY_"):
+                assert name.removeprefix("REGISTRY_").lower() in Settings.model_fields, name
+
+
+def test_the_ingress_publishes_the_token_endpoint_only_when_the_service_issues_tokens(chart: Any) -> None:
+    def paths(values: dict[str, Any]) -> list[str]:
+        rule = render(chart, values).one("Ingress")["spec"]["rules"][0]
+        return [path["path"] for path in rule["http"]["paths"]]
+
+    assert paths(TOKEN_AUTH) == ["/v2", "/auth/token"]
+    external = copy.deepcopy(TOKEN_AUTH)
+    external["auth"]["token"]["realm"] = "https://sso.example.com/token"
+    assert paths(external) == ["/v2"]
+    assert paths(INGRESS_TLS) == ["/v2"]
