@@ -161,7 +161,8 @@ def run_repeat(s3: S3Server, workdir: Path, cases: list[Case], repeat: int, args
             for contender in order:
                 sample = contenders[contender]()
                 results.add(case.key, contender, sample)
-                print(f"  repeat {repeat + 1} {case.key:<10} {contender:<9} {sample.seconds:7.2f} s", flush=True)
+                rss = f"  peak RSS {sample.peak_rss / MiB:.0f} MiB" if sample.peak_rss else ""
+                print(f"  repeat {repeat + 1} {case.key:<10} {contender:<9} {sample.seconds:7.2f} s{rss}", flush=True)
             shutil.rmtree(workdir / "images" / case.key)
         dangling = s3.admin.list_multipart_uploads(Bucket=buckets["service"]).get("Uploads", [])
         if dangling:

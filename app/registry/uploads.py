@@ -40,7 +40,7 @@ from app.registry.references import ALGORITHMS, algorithm_of
 log = logging.getLogger("storj_registry")
 
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
-WRITE_BATCH = 4 * 1024 * 1024
+WRITE_BATCH = 1024 * 1024
 IOV_MAX = 1024
 HASH_READ = 4 * 1024 * 1024
 WANTED_TTL_S = 600.0
