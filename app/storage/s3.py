@@ -31,7 +31,9 @@ def client_config(settings: Settings) -> Config:
     return Config(
         region_name=settings.s3_region,
         signature_version="s3v4",
-        s3={"addressing_style": "path"},
+        # Over TLS the body needs no SHA-256 in the signature (UNSIGNED-PAYLOAD): TLS already protects it, and
+        # botocore would otherwise hash every part once more, since no checksum header is sent. Plain http keeps it.
+        s3={"addressing_style": "path", "payload_signing_enabled": not settings.s3_endpoint.startswith("https://")},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},

@@ -48,3 +48,11 @@ def test_s3_client_is_configured_for_the_storj_gateway() -> None:
     assert config.s3["addressing_style"] == "path"
     assert config.region_name == "global"
     assert config.retries["mode"] == "standard"
+
+
+def test_s3_bodies_are_signed_only_where_tls_does_not_protect_them() -> None:
+    """Hashing every uploaded byte for the signature costs a CPU pass per byte; over https it buys nothing."""
+    credentials = {"storage": "s3", "s3_bucket": "b", "s3_access_key": "k", "s3_secret_key": "s"}
+    assert client_config(load_settings(**credentials)).s3["payload_signing_enabled"] is False
+    plain = load_settings(**credentials, s3_endpoint="http://127.0.0.1:9000")
+    assert client_config(plain).s3["payload_signing_enabled"] is True
