@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
     max_blob_bytes: int = Field(default=10 * 1024 * MiB, ge=1)
     staging_min_free_bytes: int = Field(default=512 * MiB, ge=0)
-    max_uploads_per_client: int = Field(default=16, ge=0)
+    max_uploads_per_client: int = Field(default=64, ge=0)
     upload_idle_timeout: float = Field(default=60, gt=0)
     max_header_bytes: int = Field(default=64 * 1024, ge=4096)
     share_blobs: bool = True

@@ -153,7 +153,7 @@ def test_settings_defaults_are_sane(tmp_path: Path) -> None:
     settings = Settings(storage="filesystem", data_dir=tmp_path, staging_dir=tmp_path)
     assert settings.max_blob_bytes == 10 * 1024**3
     assert settings.staging_min_free_bytes == 512 * 1024**2
-    assert settings.max_uploads_per_client == 16
+    assert settings.max_uploads_per_client == 64
     assert settings.max_header_bytes == 64 * 1024
     assert not settings.auth_enabled and not settings.trusted_proxies
 
