@@ -119,6 +119,8 @@ class Gate:
         """`user` if the password is right; failures count against the client's address, and block it."""
         address = client_address(request)
         self.failures.check(address)
+        if self.htpasswd is not None and user and self.htpasswd.recently_verified(user, password):
+            return user
         if (
             self.htpasswd is None
             or not user

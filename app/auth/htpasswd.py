@@ -49,17 +49,19 @@ class Htpasswd:
             raise HtpasswdError(f"cannot read {path}: {exc}") from None
         return cls(parse(text))
 
+    def recently_verified(self, username: str, password: str) -> bool:
+        """Whether the pair passed `verify` within the last minute: cheap, no need for a worker thread."""
+        key = self._remember_key(username, password.encode()[:BCRYPT_MAX_PASSWORD])
+        return self._verified.get(key, 0.0) > time.monotonic()
+
     def verify(self, username: str, password: str) -> bool:
         """Whether the pair is valid; slow on purpose (bcrypt), so call it from a worker thread."""
         candidate = password.encode()[:BCRYPT_MAX_PASSWORD]
-        remembered = self._remember_key(username, candidate)
-        if self._verified.get(remembered, 0.0) > time.monotonic():
-            return True
         stored = self._find(username)
         valid = bcrypt.checkpw(candidate, stored or self._dummy) and stored is not None
         if valid:
             self._forget_expired()
-            self._verified[remembered] = time.monotonic() + VERIFIED_TTL_SECONDS
+            self._verified[self._remember_key(username, candidate)] = time.monotonic() + VERIFIED_TTL_SECONDS
         return valid
 
     def _find(self, username: str) -> bytes | None:
