@@ -91,8 +91,10 @@ class Settings(BaseSettings):
         """`10.0.0.0/8, 192.168.1.1` in the environment: a comma-separated list of CIDRs or addresses."""
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be comma-separated addresses or CIDRs")
         try:
-            return tuple(ip_network(part, strict=False) for part in value)  # type: ignore[union-attr]
+            return tuple(ip_network(part, strict=False) for part in value)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"must be comma-separated addresses or CIDRs ({exc})") from None
 
