@@ -29,6 +29,7 @@ from app.auth.tokens import (
     parse_scope,
 )
 from app.errors import TooManyRequests
+from app.settings import SettingsError, load_settings
 from tests.security.conftest import ACCESS, htpasswd_line
 
 # htpasswd ---------------------------------------------------------------------------------------------
@@ -266,3 +267,23 @@ def test_upload_limiter_counts_per_address_and_releases() -> None:
         pass
     with limiter.hold("a"):
         pass
+
+
+# settings ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"auth_token_enabled": True}, "REGISTRY_AUTH_TOKEN_ENABLED needs REGISTRY_AUTH_HTPASSWD"),
+        ({"auth_token_enabled": True, "auth_token_public_key": "k.pem"}, "needs REGISTRY_AUTH_TOKEN_REALM"),
+        ({"auth_token_public_key": "k.pem", "auth_token_realm": "https://sso/t"}, "REGISTRY_AUTH_TOKEN_ENABLED"),
+        ({"auth_token_public_key": "k.pem", "auth_token_jwks": "k.json"}, "not both"),
+        ({"auth_access": "rules.yaml"}, "REGISTRY_AUTH_ACCESS needs REGISTRY_AUTH_HTPASSWD"),
+        ({"trusted_proxies": "10.0.0.0/8, proxy.local"}, "REGISTRY_TRUSTED_PROXIES"),
+        ({"service_url": "push.example.com"}, "REGISTRY_SERVICE_URL"),
+    ],
+)
+def test_incoherent_auth_settings_stop_the_service(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(**settings)
