@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 import time
@@ -60,8 +61,9 @@ def test_locations_stay_relative_and_forwarded_headers_are_ignored_from_untruste
 
 
 def test_trusted_proxies_set_scheme_host_and_client_address(
-    auth_settings: Callable[..., Settings], serve: Serve
+    auth_settings: Callable[..., Settings], serve: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="storj_registry.access")
     url = serve(auth_settings(auth_token_enabled=True, trusted_proxies="127.0.0.0/8", auth_max_failures=2))
     with httpx.Client(base_url=url, headers=FORWARDED) as client:
         challenge = challenge_params(client.get("/v2/").headers["www-authenticate"])
@@ -81,6 +83,9 @@ def test_trusted_proxies_set_scheme_host_and_client_address(
         assert client.get("/v2/", auth=BOB).status_code == 429
         other_client = {**FORWARDED, "X-Forwarded-For": "203.0.113.5, 198.51.100.8"}
         assert client.get("/v2/", auth=BOB, headers=other_client).status_code == 200
+    logged_clients = {getattr(record, "client", None) for record in caplog.records}
+    assert {"198.51.100.7", "198.51.100.8"} <= logged_clients  # the access log names the real client
+    assert "127.0.0.1" not in logged_clients
 
 
 @pytest.mark.parametrize("host", ["evil.example/path", "a b", "x@y", ""])
