@@ -1,4 +1,4 @@
-"""Hostile input, fuzzed: every answer is a 4xx OCI error (never a 5xx), nothing escapes, nothing is written.
+"""Hostile input, fuzzed: every refusal is a 4xx OCI error (never a 5xx), nothing escapes, nothing is written.
 
 One registry on the S3 backend (SeaweedFS) with the key prefix `reg/` and htpasswd auth serves the module.
 Requests go out through raw HTTP so `..`, `%2F`, `%00` and friends reach the server as written. After every
