@@ -13,8 +13,10 @@ def serve(args: argparse.Namespace) -> int:
     from app.edge import server_options, warn_if_exposed
     from app.lifecycle import serve as run_server
     from app.main import create_app
+    from app.malloc import limit_malloc_arenas
     from app.observability import configure_logging
 
+    limit_malloc_arenas()  # before any thread starts: RSS flat in the layer size (app.malloc)
     settings = load_settings()
     configure_logging(settings.log_format, args.log_level)  # before anything logs, create_app included
     app = create_app(settings)
