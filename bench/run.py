@@ -36,6 +36,7 @@ from tests.support.seaweed import S3Server, start_seaweed
 from tests.support.tools import require_tool
 
 PUSH_TIMEOUT_S = 900
+COMMIT_METRIC = "registry_commit_seconds_sum"
 CPU_COLUMNS = ("service", "reference", "seaweedfs", "skopeo", "boto3")
 RAW_WORKERS = 8  # blobs in flight for the raw upload: one per concurrent image, like skopeo's parallel layers
 
@@ -64,6 +65,7 @@ class Sample:
     errors: int = 0
     peak_rss: int | None = None
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process: where a 2-core box spends them
+    commit_seconds: float | None = None  # service: time spent publishing blobs after their digest was verified
 
 
 class CpuMeter:
@@ -181,6 +183,7 @@ def make_images(directory: Path, case: Case, seed: int) -> list[BenchImage]:
 def push_all(registry: Registry, images: list[BenchImage], case: str, s3_server: S3Server, check: bool) -> Sample:
     """skopeo-push every image at once; with `check`, also verify the bucket holds every blob at its size."""
     registry.reset_peak_rss()
+    commits_before = registry.metric(COMMIT_METRIC)
     meter = CpuMeter(s3_server, registry)
     started = time.monotonic()
     processes = [
@@ -200,10 +203,12 @@ def push_all(registry: Registry, images: list[BenchImage], case: str, s3_server:
     seconds = time.monotonic() - started
     peak = registry.peak_rss() if registry.label == "service" else None
     cpu = meter.used()
+    commits_after = registry.metric(COMMIT_METRIC)
+    committing = commits_after - commits_before if commits_after is not None and commits_before is not None else None
     if check:
         errors += missing_blobs(s3_server, registry.bucket, images, case)
     del cpu["boto3"]
-    return Sample(seconds, errors, peak, cpu)
+    return Sample(seconds, errors, peak, cpu, committing)
 
 
 def skopeo_push(image: BenchImage, destination: str) -> list[str]:
@@ -251,9 +256,9 @@ def upload_raw(s3: S3Server, bucket: str, images: list[BenchImage], case: str, t
 def print_table(cases: list[Case], results: Results, heading: str) -> None:
     print(f"\n{heading}")
     header = "| case | MiB | service s | reference s | raw s | service/reference | service/raw | service MiB/s "
-    header += "| raw MiB/s | service peak RSS MiB | errors | targets |"
+    header += "| raw MiB/s | service peak RSS MiB | service commit s | errors | targets |"
     print(header)
-    print("|---" * 12 + "|")
+    print("|---" * 13 + "|")
     for case in cases:
         print(table_row(case, results))
     print_cpu_table(cases, results)
@@ -278,6 +283,7 @@ def table_row(case: Case, results: Results) -> str:
     size = sum(sum(sizes) for sizes in case.layers) / MiB
     service, reference, raw = (results.median(case.key, name) for name in ("service", "reference", "raw"))
     rss = results.median(case.key, "service", "peak_rss")
+    committing = results.median(case.key, "service", "commit_seconds")
     cells = [
         case.title,
         f"{size:.0f}",
@@ -289,6 +295,7 @@ def table_row(case: Case, results: Results) -> str:
         _fmt(size / service if service else None, 0),
         _fmt(size / raw if raw else None, 0),
         _fmt(rss / MiB if rss else None, 0),
+        _fmt(committing),
         str(results.errors(case.key)),
         targets(case, service, reference, raw),
     ]

@@ -50,6 +50,16 @@ class Registry:
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmHWM in /proc status")
 
+    def metric(self, name: str) -> float | None:
+        """A counter or histogram sum from the service's `/metrics` (None for the reference, or when absent)."""
+        if self.label != "service":
+            return None
+        with _DIRECT.open(f"http://{self.address}/metrics", timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        return None
+
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
