@@ -141,11 +141,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_repeat(s3: S3Server, workdir: Path, cases: list[Case], repeat: int, args: Any, results: Results) -> None:
-    """One repeat: fresh buckets and registries, new images, every case against every contender."""
+    """One repeat: fresh buckets and registries, new images, every case against every contender.
+
+    The service is restarted for each case, so that its peak RSS belongs to that case alone.
+    """
     buckets = {name: f"bench-{name}-{repeat}" for name in ("service", "reference", "raw")}
     for bucket in buckets.values():
         s3.create_bucket(bucket)
-    service = start_service(s3, buckets["service"], workdir / "service", args.part_size, args.concurrency)
     reference = start_reference(s3, buckets["reference"], workdir / "reference")
     transfer = TransferConfig(
         multipart_threshold=args.part_size, multipart_chunksize=args.part_size, max_concurrency=args.concurrency
@@ -153,6 +155,7 @@ def run_repeat(s3: S3Server, workdir: Path, cases: list[Case], repeat: int, args
     try:
         for number, case in enumerate(cases):
             images = make_images(workdir / "images" / case.key, case, seed=(repeat * 100 + number) * 1000)
+            service = start_service(s3, buckets["service"], workdir / "service", args.part_size, args.concurrency)
             contenders: dict[str, Callable[[], Sample]] = {
                 "service": partial(push_all, service, images, case.key, s3, True),
                 "raw": partial(upload_raw, s3, buckets["raw"], images, case.key, transfer),
@@ -160,20 +163,26 @@ def run_repeat(s3: S3Server, workdir: Path, cases: list[Case], repeat: int, args
             if case.reference:
                 contenders["reference"] = partial(push_all, reference, images, case.key, s3, False)
             order = list(contenders) if repeat % 2 == 0 else list(reversed(contenders))
-            for contender in order:
-                sample = contenders[contender]()
-                results.add(case.key, contender, sample)
-                rss = f"  peak RSS {sample.peak_rss / MiB:.0f} MiB" if sample.peak_rss else ""
-                print(f"  repeat {repeat + 1} {case.key:<10} {contender:<9} {sample.seconds:7.2f} s{rss}", flush=True)
+            try:
+                for contender in order:
+                    sample = contenders[contender]()
+                    results.add(case.key, contender, sample)
+                    report(repeat, case, contender, sample)
+            finally:
+                service.stop()
             shutil.rmtree(workdir / "images" / case.key)
         dangling = s3.admin.list_multipart_uploads(Bucket=buckets["service"]).get("Uploads", [])
         if dangling:
             print(f"  !! {len(dangling)} multipart uploads left behind in the service's bucket", flush=True)
             results.add("dangling", "service", Sample(0.0, errors=len(dangling)))
     finally:
-        service.stop()
         reference.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(repeat: int, case: Case, contender: str, sample: Sample) -> None:
+    rss = f"  peak RSS {sample.peak_rss / MiB:.0f} MiB" if sample.peak_rss else ""
+    print(f"  repeat {repeat + 1} {case.key:<10} {contender:<9} {sample.seconds:7.2f} s{rss}", flush=True)
 
 
 def make_images(directory: Path, case: Case, seed: int) -> list[BenchImage]:
