@@ -236,6 +236,10 @@ def _mini_args(data: Path, config: Path, ports: dict[str, int]) -> list[str]:
         "-webdav=false",
         "-master.telemetry=false",  # no traffic off this machine
         "-volume.preStopSeconds=0",  # faster stop; the data is throwaway
+        # Every bucket is a collection with volumes of its own; the default cap (derived from free disk and a
+        # large volume size) runs out after about 60 buckets and writes then fail with InternalError.
+        "-master.volumeSizeLimitMB=1024",
+        "-volume.max=10000",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         f"-s3.port={ports['s3']}",
