@@ -2,8 +2,9 @@
 
 glibc gives each thread that allocates its own arena (up to 8 per core) and keeps freed blocks there. The part
 uploads read the staged file in 1 MiB blocks from a pool of threads, so resident memory grew with every pool
-thread that had ever sent a part, which is to say with the layer's size: measured peak RSS 102 MiB after a
-512 MiB push, 121-128 MiB after 2 GiB; with two arenas, 96 MiB after 2 GiB, and no measurable CPU cost.
+thread that had ever sent a part, which is to say with the layer's size: a fresh process peaked at 103-110 MiB
+for a 512 MiB push and 111 MiB, still rising, for 2 GiB; with two arenas, 96-98 MiB for 2 GiB, flat, and no
+measurable CPU cost (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -97,11 +97,20 @@ class StagedParts:
         self.upload_id = upload_id
         self.staged_key = layout.staged_upload(upload_id)
         self.guess = guess
-        self._lock = threading.Lock()
+        # Reentrant: a future that is already done runs its callback (`_finished`) inside `_pump`.
+        self._lock = threading.RLock()
         self._begin = threading.Lock()
         self._queued: deque[int] = deque()
         self._inflight: dict[int, Future[None]] = {}
-        self._scheduled = 0  # full parts below this number are sent, in flight or queued
+        self._scheduled = self._sent_in_a_row()  # parts up to this number are sent, in flight or queued
+
+    def _sent_in_a_row(self) -> int:
+        """How many full parts from the first were already sent (by this process before a restart, or a replica)."""
+        state = _State.load(self.state_path)
+        count = 0
+        while state is not None and state.parts.get(count + 1, (0, ""))[0] == self.sender.part_size:
+            count += 1
+        return count
 
     # while the client uploads ------------------------------------------------------------------------
 
