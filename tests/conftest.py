@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,9 +25,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture
 def bucket(s3_server: S3Server) -> str:
-    name = f"reg-{uuid.uuid4().hex[:12]}"
-    s3_server.create_bucket(name)
-    return name
+    return s3_server.new_bucket("reg")
 
 
 def s3_settings(s3_server: S3Server, bucket: str, tmp_path: Path, **extra: object) -> Settings:

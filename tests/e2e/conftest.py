@@ -6,7 +6,6 @@ uses its own repositories), so the tier costs a few daemon start-ups, not one pe
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +33,7 @@ class Endpoints:
 
 @pytest.fixture(scope="session")
 def e2e_bucket(s3_server: S3Server) -> str:
-    name = f"e2e-{uuid.uuid4().hex[:12]}"
-    s3_server.create_bucket(name)
-    return name
+    return s3_server.new_bucket("e2e")
 
 
 @pytest.fixture(scope="session")

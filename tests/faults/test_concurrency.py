@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,9 +35,7 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def shared_bucket(s3_server: S3Server) -> str:
-    bucket = f"conc-{uuid.uuid4().hex[:12]}"
-    s3_server.create_bucket(bucket)
-    return bucket
+    return s3_server.new_bucket("conc")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ directory on the shared volume, so whichever replica gets the next request of a 
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +28,7 @@ PART_SIZE = 5 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def replica_bucket(s3_server: S3Server) -> str:
-    name = f"replicas-{uuid.uuid4().hex[:10]}"
-    s3_server.create_bucket(name)
-    return name
+    return s3_server.new_bucket("replicas")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import contextlib
 import re
 import ssl
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +53,7 @@ class Registry:
 def registries(
     s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory, auth_files: dict[str, Path], pki: Pki
 ) -> Iterator[dict[str, Registry]]:
-    bucket = f"clients-{uuid.uuid4().hex[:12]}"
-    s3_server.create_bucket(bucket)
+    bucket = s3_server.new_bucket("clients")
     auth = {
         "auth_htpasswd": auth_files["htpasswd"],
         "auth_access": auth_files["access"],

@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -120,8 +119,7 @@ class Target:
 def target(
     s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory, auth_files: dict[str, Path]
 ) -> Iterator[Target]:
-    bucket = f"fuzz-{uuid.uuid4().hex[:12]}"
-    s3_server.create_bucket(bucket)
+    bucket = s3_server.new_bucket("fuzz")
     workdir = tmp_path_factory.mktemp("fuzz")
     config = s3_settings(
         s3_server,

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,12 @@ class S3Server:
 
     def create_bucket(self, name: str) -> None:
         self.admin.create_bucket(Bucket=name)
+
+    def new_bucket(self, purpose: str) -> str:
+        """Create a bucket with a fresh name starting with `purpose`, so tests never share state by accident."""
+        name = f"{purpose}-{uuid.uuid4().hex[:12]}"
+        self.create_bucket(name)
+        return name
 
     def objects(self, bucket: str, prefix: str = "") -> dict[str, ObjectMeta]:
         """Every object under `prefix` (all pages), with the metadata a HEAD returns, keyed and sorted by key.
