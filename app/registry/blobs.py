@@ -11,6 +11,7 @@ from app import layout
 from app.errors import BlobUnknown
 from app.metrics import COMMIT_SECONDS, COMMITTED_BLOBS
 from app.registry.indexes import Indexes
+from app.registry.keyed_locks import KeyedLocks
 from app.registry.references import NAME_RE
 from app.registry.uploads import Upload, Uploads
 from app.storage import ObjectInfo, Storage, StorageFault
@@ -26,6 +27,8 @@ class Blobs:
         self.storage = storage
         self.uploads = uploads
         self.indexes = indexes
+        # Concurrent pushes of one layer publish it once: Storj allows about one write per second to a key.
+        self._publishing = KeyedLocks()
 
     async def stat(self, name: str, digest: str) -> ObjectInfo | None:
         return await run(self.storage.stat, layout.blob(name, digest))
@@ -48,21 +51,21 @@ class Blobs:
         async with self.uploads.lock(upload):
             size = await self.uploads.verify(upload, digest)
             key = layout.blob(upload.name, digest)
-            if await run(self.storage.stat, key) is None:
-                await self.indexes.ensure_index_html()
-                with COMMIT_SECONDS.time():
-                    if not await self.uploads.publish(upload, key, size):  # parts sent while the client uploaded
-                        await run(
-                            self.storage.put_file,
-                            key,
-                            upload.data,
-                            layout.OCTET_STREAM,
-                            layout.MANIFEST_CACHE_IMMUTABLE,
-                        )
-                COMMITTED_BLOBS.labels("upload").inc()
-                await self._remember(upload.name, digest)
+            async with self._publishing.hold(key):
+                await self._publish(upload, key, digest, size)
             await self.uploads.discard(upload)
         return size
+
+    async def _publish(self, upload: Upload, key: str, digest: str, size: int) -> None:
+        """Write a verified upload at `key`, unless an earlier push of the same blob already did."""
+        if await run(self.storage.stat, key) is not None:
+            return
+        await self.indexes.ensure_index_html()
+        with COMMIT_SECONDS.time():
+            if not await self.uploads.publish(upload, key, size):  # parts sent while the client uploaded
+                await run(self.storage.put_file, key, upload.data, layout.OCTET_STREAM, layout.MANIFEST_CACHE_IMMUTABLE)
+        COMMITTED_BLOBS.labels("upload").inc()
+        await self._remember(upload.name, digest)
 
     async def _remember(self, name: str, digest: str) -> None:
         """Record that `name` holds `digest`, so other repositories can share it without listing the bucket.
