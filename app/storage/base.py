@@ -91,3 +91,6 @@ class MultipartStorage(Protocol):
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Drop an unfinished multipart upload and its parts; an unknown upload is not an error."""
+
+    def unfinished_multipart(self) -> Iterator[tuple[str, str, float]]:
+        """Every multipart upload still open under the store's prefix: (key, upload id, started at)."""

@@ -188,6 +188,16 @@ class S3Storage:
         with contextlib.suppress(KeyError):
             self._call(self.client.abort_multipart_upload, Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
 
+    def unfinished_multipart(self) -> Iterator[tuple[str, str, float]]:
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    key = upload["Key"][len(self.prefix) :]
+                    yield key, upload["UploadId"], upload["Initiated"].timestamp()
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageFault(f"listing multipart uploads failed: {exc}") from exc
+
     def copy(self, source: str, destination: str) -> None:
         """One CopyObject request: never the managed copy, which switches to UploadPartCopy (501 on Storj)."""
         self._call(

@@ -9,7 +9,9 @@ deleted manifest gets its digest key back from its own bytes); then the blobs go
 
 A repository with a manifest that cannot be read or does not match its digest is left alone: what it
 references is unknown. `fsck` names the culprit. Objects a blob commit left at its staging key
-(`layout.staged_upload`, when the service died between completing and copying them) go too, after the grace.
+(`layout.staged_upload`, when the service died between completing and copying them) go too, after the grace,
+and so do multipart uploads nobody finished (their session lost with its staging volume): they are invisible,
+but the store keeps their parts.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TextIO
 from app import layout
 from app.registry import indexes
 from app.storage import Storage
+from app.storage.base import MultipartStorage
 from app.tools.inventory import (
     Inventory,
     Progress,
@@ -119,7 +122,19 @@ class Collector:
         for upload_id in self.old_enough(sorted(inventory.staged_uploads), layout.staged_upload):
             key = layout.staged_upload(upload_id)
             self.remove(key, partial(self.storage.delete, key))
+        if isinstance(self.storage, MultipartStorage):
+            self.abort_abandoned_multipart(self.storage)
         return self.report
+
+    def abort_abandoned_multipart(self, storage: MultipartStorage) -> None:
+        """Abort multipart uploads older than the grace; a live session's upload is younger than the purge age."""
+        for key, upload_id, started in sorted(storage.unfinished_multipart()):
+            age = self.started - started
+            if age < self.grace_seconds:
+                print(f"kept-recent multipart {key} {upload_id} started {age:.0f}s ago", file=self.out, flush=True)
+                continue
+            self.report.garbage += 1
+            self.remove(f"multipart {key} {upload_id}", partial(storage.abort_multipart, key, upload_id))
 
     def collect_repository(self, repository: Repository) -> None:
         self.report.repositories += 1
