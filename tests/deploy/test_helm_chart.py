@@ -67,7 +67,7 @@ SCALED: dict[str, Any] = {
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     "staging": {"persistence": {"enabled": True, "accessMode": "ReadWriteMany", "storageClass": "nfs"}},
 }
-TOKEN_KEY = "-----BEGIN PRIVATE KEY-----\nnot-a-real-key\n-----END PRIVATE KEY-----\n"
+TOKEN_KEY = "token-signing-key-placeholder"  # only carried into the Secret, never parsed
 RULES = "rules:\n  - users: [pusher]\n    repositories: ['team/*']\n    actions: [push]\n"
 TOKEN_AUTH: dict[str, Any] = {
     **INGRESS_TLS,
