@@ -79,18 +79,16 @@ def start_service(s3: S3Server, bucket: str, workdir: Path, part_size: int, conc
     """This service as a real `serve` subprocess (its RSS is what the benchmark reports)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = clean_env() | {
-        "REGISTRY_STORAGE": "s3",
-        "REGISTRY_S3_ENDPOINT": s3.endpoint,
-        "REGISTRY_S3_BUCKET": bucket,
-        "REGISTRY_S3_ACCESS_KEY": s3.access_key,
-        "REGISTRY_S3_SECRET_KEY": s3.secret_key,
-        "REGISTRY_S3_REGION": s3.region,
-        "REGISTRY_S3_PART_SIZE": str(part_size),
-        "REGISTRY_S3_MAX_CONCURRENCY": str(concurrency),
-        "REGISTRY_STAGING_DIR": str(workdir / "staging"),
-        "PYTHONPATH": str(ROOT),
-    }
+    env = (
+        clean_env()
+        | s3.registry_environment(bucket)
+        | {
+            "REGISTRY_S3_PART_SIZE": str(part_size),
+            "REGISTRY_S3_MAX_CONCURRENCY": str(concurrency),
+            "REGISTRY_STAGING_DIR": str(workdir / "staging"),
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     command = [sys.executable, "-m", "app", "serve", "--port", str(port), "--log-level", "warning"]
     return _launch("service", command, env, workdir, port, bucket)
 

@@ -74,16 +74,7 @@ def service_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str
         return {**env, "REGISTRY_STORAGE": "filesystem"}
     s3: S3Server = request.getfixturevalue("s3_server")
     bucket = request.getfixturevalue("bucket")
-    return {
-        **env,
-        "REGISTRY_STORAGE": "s3",
-        "REGISTRY_S3_ENDPOINT": s3.endpoint,
-        "REGISTRY_S3_BUCKET": bucket,
-        "REGISTRY_S3_ACCESS_KEY": s3.access_key,
-        "REGISTRY_S3_SECRET_KEY": s3.secret_key,
-        "REGISTRY_S3_REGION": s3.region,
-        "REGISTRY_S3_PART_SIZE": str(5 * MiB),
-    }
+    return {**env, **s3.registry_environment(bucket), "REGISTRY_S3_PART_SIZE": str(5 * MiB)}
 
 
 def stalled_body(data: bytes, release: threading.Event) -> Iterator[bytes]:

@@ -22,16 +22,7 @@ STOP_TIMEOUT_S = 20.0
 
 def s3_environment(s3_server: S3Server, bucket: str, staging: Path, **extra: str) -> dict[str, str]:
     """REGISTRY_* variables for the S3 backend on the test SeaweedFS."""
-    return {
-        "REGISTRY_STORAGE": "s3",
-        "REGISTRY_S3_ENDPOINT": s3_server.endpoint,
-        "REGISTRY_S3_BUCKET": bucket,
-        "REGISTRY_S3_ACCESS_KEY": s3_server.access_key,
-        "REGISTRY_S3_SECRET_KEY": s3_server.secret_key,
-        "REGISTRY_S3_REGION": s3_server.region,
-        "REGISTRY_STAGING_DIR": str(staging),
-        **extra,
-    }
+    return {**s3_server.registry_environment(bucket), "REGISTRY_STAGING_DIR": str(staging), **extra}
 
 
 class ServiceProcess:

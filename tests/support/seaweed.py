@@ -90,6 +90,17 @@ class S3Server:
     def create_bucket(self, name: str) -> None:
         self.admin.create_bucket(Bucket=name)
 
+    def registry_environment(self, bucket: str) -> dict[str, str]:
+        """The REGISTRY_* variables that point a `storj-registry serve` process at `bucket` on this server."""
+        return {
+            "REGISTRY_STORAGE": "s3",
+            "REGISTRY_S3_ENDPOINT": self.endpoint,
+            "REGISTRY_S3_BUCKET": bucket,
+            "REGISTRY_S3_ACCESS_KEY": self.access_key,
+            "REGISTRY_S3_SECRET_KEY": self.secret_key,
+            "REGISTRY_S3_REGION": self.region,
+        }
+
     def new_bucket(self, purpose: str) -> str:
         """Create a bucket with a fresh name starting with `purpose`, so tests never share state by accident."""
         name = f"{purpose}-{uuid.uuid4().hex[:12]}"
