@@ -32,20 +32,12 @@ def manifests_dir(name: str) -> str:
     return f"v2/{name}/manifests/"
 
 
-def blobs_dir(name: str) -> str:
-    return f"v2/{name}/blobs/"
-
-
 def tags_list(name: str) -> str:
     return f"v2/{name}/tags/list"
 
 
 def referrers(name: str, subject_digest: str) -> str:
     return f"v2/{name}/referrers/{subject_digest}"
-
-
-def referrers_dir(name: str) -> str:
-    return f"v2/{name}/referrers/"
 
 
 def referrer_entries(name: str, subject_digest: str) -> str:
@@ -76,10 +68,6 @@ def name_from_catalog_entry(key: str) -> str | None:
     return None
 
 
-def repository_dir(name: str) -> str:
-    return f"v2/{name}/"
-
-
 def blob_location(digest: str) -> str:
     """Record naming one repository that holds blob `digest` (automatic layer sharing, README "Shared layers").
 
@@ -95,10 +83,3 @@ def staged_upload(upload_id: str) -> str:
     multipart upload and its copy to the blob's key.
     """
     return f"v2/_uploads/{upload_id}"
-
-
-def name_from_tags_list_key(key: str) -> str | None:
-    """Inverse of `tags_list`, used when rebuilding the catalog from a listing."""
-    if key.startswith("v2/") and key.endswith("/tags/list"):
-        return key[len("v2/") : -len("/tags/list")]
-    return None

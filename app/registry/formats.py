@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import ManifestInvalid
+from app.layout import OCI_INDEX
 from app.registry.references import DIGEST_RE
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 IMAGE_MANIFESTS = {DOCKER_MANIFEST, OCI_MANIFEST}
 INDEXES = {DOCKER_MANIFEST_LIST, OCI_INDEX}

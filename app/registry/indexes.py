@@ -147,10 +147,6 @@ class Indexes:
         await run(self.storage.put_bytes, entry, b"", layout.OCTET_STREAM, layout.MUTABLE_CACHE)
         await self._rebuild_catalog()
 
-    async def remove_from_catalog(self, name: str) -> None:
-        await run(self.storage.delete, layout.catalog_entry(name))
-        await self._rebuild_catalog()
-
     async def _rebuild_catalog(self) -> None:
         await self._rebuild(layout.CATALOG, partial(list_catalog, self.storage), catalog_document, layout.JSON)
 

@@ -70,7 +70,6 @@ class Repository:
 @dataclass
 class Inventory:
     repositories: dict[str, Repository] = field(default_factory=dict)
-    index_html: bool = False
     catalog: bool = False
     catalog_entries: set[str] = field(default_factory=set)
     blob_records: set[str] = field(default_factory=set)
@@ -90,8 +89,8 @@ class Inventory:
     def add(self, key: str) -> None:
         self.keys += 1
         if key == layout.INDEX_HTML:
-            self.index_html = True
-        elif key == layout.CATALOG:
+            return  # fsck checks it with its metadata, on its own
+        if key == layout.CATALOG:
             self.catalog = True
         elif not self._add_patterned(key):
             self.unexpected.append(key)
