@@ -19,7 +19,7 @@ from tests.ops._service import ServiceProcess, s3_environment
 from tests.support.pushing import digest
 from tests.support.seaweed import S3Server
 
-DRAIN_SECONDS = 1.0
+DRAIN_SECONDS = 3.0  # long enough that the requests made during the drain land in it on a loaded machine
 BLOB = b"committed while the replica stops " * 30_000
 
 
