@@ -18,6 +18,11 @@ TEXT = "text/plain"
 OCTET_STREAM = "application/octet-stream"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
+# The folders of a repository's keys (`v2/<name>/<folder>/...`), and the objects at the top of `v2/` that a
+# repository name could otherwise shadow: `app.registry.references` refuses names that would reach into them.
+REPOSITORY_FOLDERS = ("blobs", "manifests", "tags", "referrers")
+TOP_LEVEL_OBJECTS = (INDEX_HTML.removeprefix("v2/"),)
+
 
 def blob(name: str, digest: str) -> str:
     return f"v2/{name}/blobs/{digest}"

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, STORAGE_ERRORS, STORAGE_RETRIES
-from app.registry.references import DIGEST_RE, NAME_RE, TAG_RE
+from app.registry.references import DIGEST_RE, TAG_RE, is_name
 from app.storage import Storage
 from app.storage.s3 import S3Storage
 
@@ -132,7 +132,7 @@ class _Exchange:
             (v for v in (reference, query_digest, self.response_digest) if DIGEST_RE.fullmatch(v)),
             "",
         )
-        subject = {"repository": name if NAME_RE.fullmatch(name) else "", "digest": digest}
+        subject = {"repository": name if is_name(name) else "", "digest": digest}
         if reference and reference != digest and TAG_RE.fullmatch(reference):
             subject["tag"] = reference
         return {key: value for key, value in subject.items() if value}

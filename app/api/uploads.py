@@ -13,7 +13,7 @@ from app.errors import DigestInvalid
 from app.lifecycle import accepting_uploads
 from app.registry import Registry
 from app.registry.limits import BodyRefused, StagingLimits
-from app.registry.references import DIGEST_RE, NAME_RE, algorithm_of, check_digest, check_name
+from app.registry.references import DIGEST_RE, algorithm_of, check_digest, check_name, is_name
 from app.registry.uploads import Upload
 
 router = APIRouter()
@@ -65,7 +65,7 @@ async def start_upload(name: str, request: Request, registry: RegistryDep) -> Re
     check_name(name)
     params = request.query_params
     mount, source = params.get("mount"), params.get("from")
-    mountable = mount and source and DIGEST_RE.fullmatch(mount) and NAME_RE.fullmatch(source) and source != name
+    mountable = mount and source and DIGEST_RE.fullmatch(mount) and is_name(source) and source != name
     mountable = mountable and allowed(request, source, PULL)  # else a normal session: never leak the blob
     if mountable and await registry.blobs.mount(name, mount, source):
         return blob_created(name, mount)

@@ -2,6 +2,11 @@
 
 Everything a client puts in a URL passes through here before it reaches `app.layout`, so no key can leave
 the repository's prefix: names are lower-case path components without `.`/`..`, tags and digests have no `/`.
+
+The grammar alone would still let one repository's keys land inside another's: `victim/tags/list` stores its
+blobs under `v2/victim/tags/list/`, where `victim`'s tags list is, and `index.html` under the `/v2/` page. A
+folder and an object at one path cannot coexist on the filesystem store, and a static server cannot tell them
+apart either, so such names are refused too (see `name_overlap`).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from app import layout
 from app.errors import DigestInvalid, NameInvalid, TagInvalid
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
@@ -19,10 +25,40 @@ MAX_NAME_LENGTH = 255
 
 ALGORITHMS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 
+# The filesystem store keeps each object's metadata at `.meta/<key>.json`: a name must not reach into those either.
+_SIDECAR_SUFFIX = ".json"
+_TOP_LEVEL = {top + suffix for top in layout.TOP_LEVEL_OBJECTS for suffix in ("", _SIDECAR_SUFFIX)}
+
+
+def name_overlap(name: str) -> str | None:
+    """Why the keys of repository `name` would lie inside another object's path, or None when they cannot.
+
+    A repository's keys are `v2/<name>/<folder>/...` with a folder of `layout.REPOSITORY_FOLDERS`, so a component
+    equal to a folder, after the first, puts the name inside the keys of the repository named by the components
+    before it (its tags, its tags list, and the folders of this name against that one's tags). The first component
+    only meets the objects at the top of `v2/`, of which `index.html` alone is a possible name.
+    """
+    components = name.split("/")
+    if components[0] in _TOP_LEVEL:
+        return f"'{components[0]}' would put this repository's objects inside v2/{components[0]}"
+    for position, component in enumerate(components[1:], start=1):
+        if component in layout.REPOSITORY_FOLDERS:
+            parent = "/".join(components[:position])
+            return f"'{component}' after '{parent}' would put this repository's objects among those of '{parent}'"
+    return None
+
+
+def is_name(name: str) -> bool:
+    """Whether `name` is a repository name this registry can store (the grammar, and no overlap)."""
+    return len(name) <= MAX_NAME_LENGTH and NAME_RE.fullmatch(name) is not None and name_overlap(name) is None
+
 
 def check_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH or not NAME_RE.fullmatch(name):
         raise NameInvalid("invalid repository name", detail={"name": name[:300]})
+    overlap = name_overlap(name)
+    if overlap is not None:
+        raise NameInvalid(f"invalid repository name: {overlap}", detail={"name": name})
     return name
 
 

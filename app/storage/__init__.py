@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from app.settings import Settings
-from app.storage.base import ObjectExists, ObjectInfo, Storage, StorageFault
+from app.storage.base import KeyBlocked, ObjectExists, ObjectInfo, Storage, StorageFault
 
-__all__ = ["ObjectExists", "ObjectInfo", "Storage", "StorageFault", "open_storage"]
+__all__ = ["KeyBlocked", "ObjectExists", "ObjectInfo", "Storage", "StorageFault", "open_storage"]
 
 
 def open_storage(settings: Settings) -> Storage:

@@ -30,6 +30,14 @@ class StorageFault(Exception):
     """The store could not complete an operation (unreachable, throttled past the retries, refused)."""
 
 
+class KeyBlocked(StorageFault):
+    """The filesystem store cannot put an object at a key: a folder is there, or a file where it needs a folder.
+
+    Names whose keys could overlap are refused (`app.registry.references`); a tree written before that rule can
+    still hold such paths, and `fsck` reports them instead of stopping.
+    """
+
+
 class Storage(Protocol):
     def stat(self, key: str) -> ObjectInfo | None:
         """Size and metadata of an object, or None when absent."""

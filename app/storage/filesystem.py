@@ -8,6 +8,7 @@ into place so that a visible object always has its metadata.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.storage.base import READ_CHUNK, ObjectExists, ObjectInfo, StorageFault
+from app.storage.base import READ_CHUNK, KeyBlocked, ObjectExists, ObjectInfo, StorageFault
 
 META_DIR = ".meta"
 TMP_DIR = ".tmp"
@@ -96,28 +97,28 @@ class FilesystemStorage:
         *,
         if_absent: bool = False,
     ) -> None:
-        temp = self._temp_file()
-        temp.write_bytes(data)
-        self._publish(temp, key, content_type, cache_control, if_absent=if_absent)
+        with self._temp_file() as temp:
+            temp.write_bytes(data)
+            self._publish(temp, key, content_type, cache_control, if_absent=if_absent)
 
     def put_file(self, key: str, path: Path, content_type: str, cache_control: str | None = None) -> None:
-        temp = self._temp_file()
-        try:
-            os.link(path, temp)
-        except OSError:
-            shutil.copyfile(path, temp)
-        self._publish(temp, key, content_type, cache_control)
+        with self._temp_file() as temp:
+            try:
+                os.link(path, temp)
+            except OSError:
+                shutil.copyfile(path, temp)
+            self._publish(temp, key, content_type, cache_control)
 
     def copy(self, source: str, destination: str) -> None:
         info = self.stat(source)
         if info is None:
             raise KeyError(source)
-        temp = self._temp_file()
-        try:
-            os.link(self._path(source), temp)
-        except OSError:
-            shutil.copyfile(self._path(source), temp)
-        self._publish(temp, destination, info.content_type, info.cache_control)
+        with self._temp_file() as temp:
+            try:
+                os.link(self._path(source), temp)
+            except OSError:
+                shutil.copyfile(self._path(source), temp)
+            self._publish(temp, destination, info.content_type, info.cache_control)
 
     def delete(self, key: str) -> None:
         for path in (self._path(key), self._meta_path(key)):
@@ -148,23 +149,33 @@ class FilesystemStorage:
         if not os.access(self.root, os.W_OK):
             raise StorageFault(f"data directory {self.root} is not writable")
 
-    def _temp_file(self) -> Path:
+    @contextlib.contextmanager
+    def _temp_file(self) -> Iterator[Path]:
+        """A fresh path in the temp folder, removed when the block ends however it ends (moved into place or not)."""
         handle, name = tempfile.mkstemp(dir=self.root / TMP_DIR)
         os.close(handle)
         os.unlink(name)
-        return Path(name)
+        path = Path(name)
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
 
     def _publish(
         self, temp: Path, key: str, content_type: str, cache_control: str | None, *, if_absent: bool = False
     ) -> None:
         target = self._path(key)
         meta = self._meta_path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        meta.parent.mkdir(parents=True, exist_ok=True)
-        if if_absent and target.exists():
-            temp.unlink(missing_ok=True)
-            raise ObjectExists(key)
-        meta_temp = self._temp_file()
-        meta_temp.write_text(json.dumps({"content_type": content_type, "cache_control": cache_control}))
-        os.replace(meta_temp, meta)
-        os.replace(temp, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            meta.parent.mkdir(parents=True, exist_ok=True)
+            if if_absent and target.exists():
+                raise ObjectExists(key)
+            if target.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "a folder of other objects is at this key", str(target))
+            with self._temp_file() as meta_temp:
+                meta_temp.write_text(json.dumps({"content_type": content_type, "cache_control": cache_control}))
+                os.replace(meta_temp, meta)
+            os.replace(temp, target)
+        except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+            raise KeyBlocked(f"cannot write {key}: it overlaps another object's path ({exc.strerror})") from None

@@ -7,7 +7,9 @@ manifest references (blobs, index children) is in the repository; tags/list, _ca
 
 Each problem is one line on stdout, `PROBLEM <code> <key> <detail>`, and `REPAIRED <code> <key>` once fixed.
 `--repair` fixes what the bucket itself can tell: derived documents and entries, object metadata, a tag's
-missing digest key (from the tag's own bytes). It never invents a blob or a manifest it does not have.
+missing digest key (from the tag's own bytes). It never invents a blob or a manifest it does not have. A repair
+that another object's path blocks (a filesystem tree from before names were checked for overlaps) is reported as
+`UNREPAIRED <code> <key> <reason>` and left.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, TextIO
 from app import layout
 from app.registry import indexes
 from app.registry.formats import INDEXES
-from app.storage import Storage
+from app.storage import KeyBlocked, Storage
 from app.tools.inventory import (
     Inventory,
     Progress,
@@ -77,7 +79,11 @@ def fsck(
         report.problems.append(problem)
         print(problem.line(), file=out, flush=True)
         if repair and problem.repair is not None:
-            problem.repair()
+            try:
+                problem.repair()
+            except KeyBlocked as exc:  # another object's path is in the way: an operator must choose which goes
+                print(f"UNREPAIRED {problem.code} {problem.key} {exc}", file=out, flush=True)
+                continue
             report.repaired += 1
             print(f"REPAIRED {problem.code} {problem.key}", file=out, flush=True)
     report.manifests = checker.manifests_read

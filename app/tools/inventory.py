@@ -18,7 +18,7 @@ from typing import TextIO
 from app import layout
 from app.errors import ManifestInvalid
 from app.registry.formats import Manifest, parse_manifest
-from app.registry.references import DIGEST_RE, NAME_RE, TAG_RE, algorithm_of, digest_of
+from app.registry.references import DIGEST_RE, TAG_RE, algorithm_of, digest_of, is_name
 from app.registry.uploads import UPLOAD_ID_RE
 from app.storage import ObjectInfo, Storage
 
@@ -106,7 +106,7 @@ class Inventory:
 
 def _valid(match: re.Match[str]) -> bool:
     found = match.groupdict()
-    name_ok = "name" not in found or NAME_RE.fullmatch(found["name"]) is not None
+    name_ok = "name" not in found or is_name(found["name"])
     ref_ok = "ref" not in found or bool(DIGEST_RE.fullmatch(found["ref"]) or TAG_RE.fullmatch(found["ref"]))
     return name_ok and ref_ok
 

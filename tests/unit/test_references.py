@@ -3,7 +3,11 @@ import pytest
 from app.errors import DigestInvalid, NameInvalid, TagInvalid
 from app.registry.references import check_digest, check_name, check_reference, check_tag
 
-GOOD_NAMES = ["a", "library/ubuntu", "team/app", "a0-b__c.d/e", "x" * 255, "a--b", "a/b/c/d"]
+GOOD_NAMES = [
+    "a", "library/ubuntu", "team/app", "a0-b__c.d/e", "x" * 255, "a--b", "a/b/c/d", "tags/app", "a/tagsx", "a/list",
+]  # fmt: skip
+# Names whose keys would lie inside another repository's keys, or inside v2/index.html (or their `.json` sidecars).
+OVERLAPPING_NAMES = ["a/tags/list", "a/manifests/v1", "a/b/blobs", "a/referrers/x", "index.html", "index.html.json/a"]
 BAD_NAMES = ["", "A", "a/", "/a", "a//b", "../etc", "a/../b", "a/./b", "a_", "-a", "a__-b", "x" * 256, "a b", "a%2fb"]
 
 
@@ -15,6 +19,12 @@ def test_names_of_the_spec_grammar_are_accepted(name: str) -> None:
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_names_outside_the_grammar_are_name_invalid(name: str) -> None:
     with pytest.raises(NameInvalid):
+        check_name(name)
+
+
+@pytest.mark.parametrize("name", OVERLAPPING_NAMES)
+def test_names_inside_another_repositorys_keys_are_name_invalid_saying_why(name: str) -> None:
+    with pytest.raises(NameInvalid, match="would put this repository's objects"):
         check_name(name)
 
 
