@@ -15,11 +15,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio.to_thread
 from starlette.requests import Request
 
 from app.auth.access import DELETE, PULL, PUSH, AccessError, AccessRules
-from app.auth.htpasswd import Htpasswd, HtpasswdError
+from app.auth.htpasswd import Htpasswd, HtpasswdError, PasswordChecks
 from app.auth.ratelimit import FailureLimiter
 from app.auth.tokens import (
     CATALOG,
@@ -84,6 +83,7 @@ class Gate:
         self.htpasswd = _load_htpasswd(settings.auth_htpasswd)
         self.rules = _load_rules(settings.auth_access)
         self.failures = FailureLimiter(settings.auth_max_failures)
+        self.password_checks = PasswordChecks()
         self.issuer, self.verifier = _token_parts(settings)
 
     @property
@@ -116,18 +116,19 @@ class Gate:
         return await self.check_password(request, user, password)
 
     async def check_password(self, request: Request, user: str, password: str) -> str:
-        """`user` if the password is right; failures count against the client's address, and block it."""
+        """`user` if the password is right; failures count against the client's address, and block it.
+
+        The slot is taken before bcrypt runs and nothing is awaited between the check and the taking, so
+        concurrent logins cannot all pass the limit at once.
+        """
         address = client_address(request)
         self.failures.check(address)
         if self.htpasswd is not None and user and self.htpasswd.recently_verified(user, password):
             return user
-        if (
-            self.htpasswd is None
-            or not user
-            or not await anyio.to_thread.run_sync(self.htpasswd.verify, user, password)
-        ):
-            self.failures.record(address)
+        slot = self.failures.reserve(address)
+        if self.htpasswd is None or not user or not await self.password_checks.verify(self.htpasswd, user, password):
             raise self.unauthorized(request, None, "invalid username or password", basic=True)
+        self.failures.release(address, slot)
         return user
 
     # may ------------------------------------------------------------------------------------------------

@@ -13,8 +13,11 @@ import secrets
 import time
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import bcrypt
 
+PASSWORD_CHECK_THREADS = 2  # bcrypt holds a core per check: two leave the rest of a small machine to the pushes
 BCRYPT_RE = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
 BCRYPT_MAX_PASSWORD = 72  # bcrypt reads no further; htpasswd truncates the same way when hashing
 VERIFIED_TTL_SECONDS = 60.0
@@ -81,6 +84,23 @@ class Htpasswd:
         for key, until in list(self._verified.items()):
             if until <= now:
                 self._verified.pop(key, None)
+
+
+class PasswordChecks:
+    """Runs bcrypt checks on worker threads of their own, at most `PASSWORD_CHECK_THREADS` at once.
+
+    A burst of logins waits here, not in the worker-thread pool that storage calls share (anyio's default
+    limiter), so password guessing from many addresses cannot delay pushes and pulls.
+    """
+
+    def __init__(self, threads: int = PASSWORD_CHECK_THREADS) -> None:
+        self.threads = threads
+        self._limiter: anyio.CapacityLimiter | None = None  # made in the event loop, on first use
+
+    async def verify(self, htpasswd: Htpasswd, username: str, password: str) -> bool:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.threads)
+        return await anyio.to_thread.run_sync(htpasswd.verify, username, password, limiter=self._limiter)
 
 
 def parse(text: str) -> dict[str, bytes]:

@@ -19,7 +19,10 @@ class FailureLimiter:
     """At most `limit` failed logins per address in any minute; then 429 until the oldest one ages out.
 
     While an address is blocked its credentials are not even checked, so guessing cannot go on at bcrypt
-    speed. Memory is bounded: past `MAX_TRACKED_ADDRESSES` the quietest addresses are forgotten first.
+    speed. A password check takes its slot before it starts (`reserve`) and gives it back only when it
+    succeeds (`release`): checks in flight count as failures, so a burst of N concurrent logins is treated like
+    N in a row and at most `limit` wrong passwords are ever checked per window. Memory is bounded: past
+    `MAX_TRACKED_ADDRESSES` the quietest addresses are forgotten first.
     """
 
     def __init__(self, limit: int, window: float = FAILURE_WINDOW_SECONDS) -> None:
@@ -28,6 +31,7 @@ class FailureLimiter:
         self._failures: dict[str, deque[float]] = {}
 
     def check(self, address: str) -> None:
+        """Raise 429 while the address has no slot left (failures and checks in flight)."""
         if not self.limit:
             return
         recent = self._recent(address)
@@ -38,15 +42,31 @@ class FailureLimiter:
                 headers={"Retry-After": str(max(retry_after, 1))},
             )
 
-    def record(self, address: str) -> None:
+    def reserve(self, address: str) -> float | None:
+        """Take a slot for a password check about to run, counted as a failure until `release`d; 429 if none."""
         if not self.limit:
-            return
+            return None
+        self.check(address)
+        return self.record(address)
+
+    def release(self, address: str, slot: float | None) -> None:
+        """The check of `slot` succeeded: it does not count against the address."""
+        recent = self._failures.get(address)
+        if slot is not None and recent is not None and slot in recent:
+            recent.remove(slot)
+
+    def record(self, address: str) -> float | None:
+        """Count one failure now; returns its slot."""
+        if not self.limit:
+            return None
         recent = self._recent(address)
-        recent.append(time.monotonic())
+        now = time.monotonic()
+        recent.append(now)
         self._failures.pop(address, None)
         self._failures[address] = recent  # most recently failing last: eviction takes the front
         while len(self._failures) > MAX_TRACKED_ADDRESSES:
             del self._failures[next(iter(self._failures))]
+        return now
 
     def _recent(self, address: str) -> deque[float]:
         recent = self._failures.get(address, deque())

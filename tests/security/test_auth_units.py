@@ -253,6 +253,18 @@ def test_failure_limiter_blocks_after_the_limit_with_retry_after() -> None:
     limiter.check("10.0.0.2")  # other addresses are not affected
 
 
+def test_failure_limiter_counts_checks_in_flight_and_gives_back_successes() -> None:
+    limiter = FailureLimiter(2, window=60)
+    first, second = limiter.reserve("a"), limiter.reserve("a")  # two checks running: no slot for a third
+    with pytest.raises(TooManyRequests):
+        limiter.reserve("a")
+    limiter.release("a", first)  # it succeeded
+    limiter.reserve("a")
+    with pytest.raises(TooManyRequests):
+        limiter.check("a")
+    assert second is not None
+
+
 def test_failure_limiter_forgets_old_failures() -> None:
     limiter = FailureLimiter(2, window=0.05)
     limiter.record("a")
