@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI
 from app.api import auth as auth_api
 from app.auth import Gate, UploadLimiter, guard
 from app.registry.limits import BodyRefused, StagingLimits
-from app.settings import Settings
+from app.settings import LOOPBACK_HOSTS, Settings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -29,7 +29,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Networks = tuple[IPv4Network | IPv6Network, ...]
 
 HOST_RE = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 log = logging.getLogger("storj_registry")
 
 

@@ -5,11 +5,33 @@ from __future__ import annotations
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class OidcIssuer(BaseModel):
+    """One trusted issuer of workload ID tokens (an entry of REGISTRY_AUTH_OIDC_ISSUERS, see app/auth/oidc.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str = Field(min_length=1)  # compared with the token's `iss` exactly
+    audience: str = Field(min_length=1)  # the `aud` the token must name: the job asks its issuer for it
+    jwks_file: Path | None = None  # keys from this file instead of the issuer's discovery document
+    refresh_seconds: float = Field(default=60, ge=1)  # least time between two key fetches (unknown `kid`)
+
+    @model_validator(mode="after")
+    def _keys_travel_safely(self) -> OidcIssuer:
+        url = urlsplit(self.issuer)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"issuer {self.issuer!r} must be an http(s) URL")
+        if url.scheme == "http" and self.jwks_file is None and url.hostname not in LOOPBACK_HOSTS:
+            raise ValueError(f"issuer {self.issuer!r}: keys fetched over plain http could be forged; use https")
+        return self
 
 
 class SettingsError(Exception):
@@ -56,6 +78,7 @@ class Settings(BaseSettings):
     auth_token_ttl: int = Field(default=300, ge=30, le=86400)
     auth_token_public_key: Path | None = None
     auth_token_jwks: Path | None = None
+    auth_oidc_issuers: tuple[OidcIssuer, ...] = ()  # JSON list of OidcIssuer in the environment
 
     # The network edge: HTTPS, reverse proxies, and limits on what one client may send.
     tls_cert: Path | None = None
@@ -109,15 +132,31 @@ class Settings(BaseSettings):
             raise ValueError("an external token issuer needs REGISTRY_AUTH_TOKEN_ENABLED=true")
         if external and not self.auth_token_realm:
             raise ValueError("an external token issuer needs REGISTRY_AUTH_TOKEN_REALM (its token endpoint)")
-        if self.auth_token_enabled and not (external or self.auth_htpasswd):
-            raise ValueError("REGISTRY_AUTH_TOKEN_ENABLED needs REGISTRY_AUTH_HTPASSWD or an external issuer")
-        if self.auth_access and not self.auth_htpasswd:
-            raise ValueError("REGISTRY_AUTH_ACCESS needs REGISTRY_AUTH_HTPASSWD")
+        logins = self.auth_htpasswd or self.auth_oidc_issuers
+        if self.auth_token_enabled and not (external or logins):
+            raise ValueError(
+                "REGISTRY_AUTH_TOKEN_ENABLED needs REGISTRY_AUTH_HTPASSWD, REGISTRY_AUTH_OIDC_ISSUERS "
+                "or an external issuer"
+            )
+        if self.auth_access and not logins:
+            raise ValueError("REGISTRY_AUTH_ACCESS needs REGISTRY_AUTH_HTPASSWD or REGISTRY_AUTH_OIDC_ISSUERS")
+        self._oidc_is_coherent(bool(external))
         return self
+
+    def _oidc_is_coherent(self, external: bool) -> None:
+        if not self.auth_oidc_issuers:
+            return
+        if not self.auth_access:
+            raise ValueError("REGISTRY_AUTH_OIDC_ISSUERS needs REGISTRY_AUTH_ACCESS (claim rules say who may push)")
+        if external:
+            raise ValueError("REGISTRY_AUTH_OIDC_ISSUERS needs this service to issue tokens, not an external issuer")
+        names = [entry.issuer for entry in self.auth_oidc_issuers]
+        if len(set(names)) != len(names):
+            raise ValueError("REGISTRY_AUTH_OIDC_ISSUERS lists an issuer twice")
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.auth_htpasswd or self.auth_token_enabled)
+        return bool(self.auth_htpasswd or self.auth_token_enabled or self.auth_oidc_issuers)
 
     @field_validator("s3_endpoint")
     @classmethod
@@ -146,7 +185,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"])
+            field, *inside = [str(part) for part in error["loc"]] or [""]
             name = f"REGISTRY_{field.upper()}" if field else "settings"
+            name += "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in inside)  # in a JSON value
             lines.append(f"{name}: {error['msg']}")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None

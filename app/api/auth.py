@@ -47,8 +47,8 @@ async def oauth_token(request: Request) -> Response:
         raise RegistryError("only grant_type=password is supported", status=400)
     _check_service(request, form.get("service"))
     username, password = form.get("username", ""), form.get("password", "")
-    user = await gate.check_password(request, username, password)
-    body = issuer.issue(user, _granted(gate, Principal(user), form.get("scope", "").split(" ")))
+    principal = await gate.login(request, username, password)
+    body = issuer.issue(principal.user, _granted(gate, principal, form.get("scope", "").split(" ")))
     body["scope"] = " ".join(form.get("scope", "").split())
     return JSONResponse(body, headers=NO_STORE)
 
@@ -73,7 +73,7 @@ async def _principal(gate: Gate, request: Request) -> Principal:
         return ANONYMOUS
     if scheme.lower() != "basic":
         raise gate.unauthorized(request, None, "the token endpoint takes Basic credentials", basic=True)
-    return Principal(await gate.check_basic(request, credentials.strip()))
+    return await gate.check_basic(request, credentials.strip())
 
 
 def _granted(gate: Gate, principal: Principal, scopes: list[str]) -> list[Access]:

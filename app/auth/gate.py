@@ -1,10 +1,10 @@
 """Who is asking, and may they: credentials to a principal, a principal and a resource to allow, 401 or 403.
 
-A request carries nothing (anonymous), Basic credentials (checked against htpasswd) or a Bearer token
-(checked against the signing key or an external issuer's). A denied request answers 401 with a challenge
-when the caller is anonymous or its credentials are wrong, and 403 DENIED when a known user lacks the right;
-with token auth the 403 also names the scope, so a client holding a token of too narrow a scope asks for a
-new one (RFC 6750 `insufficient_scope`).
+A request carries nothing (anonymous), Basic credentials (checked against htpasswd, or user `oidc` with a CI
+job's ID token, see app.auth.oidc) or a Bearer token (checked against the signing key or an external issuer's).
+A denied request answers 401 with a challenge when the caller is anonymous or its credentials are wrong, and
+403 DENIED when a known user lacks the right; with token auth the 403 also names the scope, so a client holding
+a token of too narrow a scope asks for a new one (RFC 6750 `insufficient_scope`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from app.auth.access import DELETE, PULL, PUSH, AccessError, AccessRules
 from app.auth.htpasswd import Htpasswd, HtpasswdError, PasswordChecks
+from app.auth.oidc import OIDC_USER, KeySourceError, OidcVerifier, Workload
 from app.auth.ratelimit import FailureLimiter
 from app.auth.tokens import (
     CATALOG,
@@ -68,10 +69,11 @@ CATALOG_RESOURCE = Resource(REGISTRY, CATALOG, "*")
 
 @dataclass(frozen=True)
 class Principal:
-    """The caller: a user name (None: anonymous) and, when it came with a token, what the token allows."""
+    """The caller: a user name (None: anonymous); what its bearer token allows, or the workload it proved to be."""
 
     user: str | None
     claims: Claims | None = None
+    workload: Workload | None = None
 
 
 ANONYMOUS = Principal(None)
@@ -82,6 +84,7 @@ class Gate:
         self.settings = settings
         self.htpasswd = _load_htpasswd(settings.auth_htpasswd)
         self.rules = _load_rules(settings.auth_access)
+        self.oidc = _load_oidc(settings, self.rules)
         self.failures = FailureLimiter(settings.auth_max_failures)
         self.password_checks = PasswordChecks()
         self.issuer, self.verifier = _token_parts(settings)
@@ -99,9 +102,8 @@ class Gate:
             return ANONYMOUS
         scheme, _, credentials = header.partition(" ")
         scheme = scheme.lower()
-        if scheme == "basic" and self.htpasswd is not None:
-            user = await self.check_basic(request, credentials.strip())
-            return Principal(user)
+        if scheme == "basic" and (self.htpasswd is not None or self.oidc is not None):
+            return await self.check_basic(request, credentials.strip())
         if scheme == "bearer" and self.verifier is not None:
             try:
                 claims = self.verifier.verify(credentials.strip())
@@ -110,10 +112,29 @@ class Gate:
             return Principal(claims.subject, claims)
         raise self.unauthorized(request, None, "unsupported authorization scheme")
 
-    async def check_basic(self, request: Request, credentials: str) -> str:
-        """The user name of valid Basic credentials (see `check_password`)."""
+    async def check_basic(self, request: Request, credentials: str) -> Principal:
+        """The caller behind valid Basic credentials (see `login`)."""
         user, password = _decode_basic(credentials)
-        return await self.check_password(request, user, password)
+        return await self.login(request, user, password)
+
+    async def login(self, request: Request, user: str, password: str) -> Principal:
+        """An htpasswd user, or a workload: user `oidc` with an ID token of a trusted issuer as the password."""
+        if user == OIDC_USER and self.oidc is not None:
+            return await self.check_id_token(request, password)
+        return Principal(await self.check_password(request, user, password))
+
+    async def check_id_token(self, request: Request, token: str) -> Principal:
+        """The workload a valid ID token proves; refused tokens count as failed logins of the address."""
+        assert self.oidc is not None
+        address = client_address(request)
+        self.failures.check(address)
+        slot = self.failures.reserve(address)  # before any await, as for passwords
+        try:
+            workload = await self.oidc.verify(token)
+        except InvalidToken as exc:
+            raise self.unauthorized(request, None, f"ID token refused: {exc}", basic=True) from None
+        self.failures.release(address, slot)
+        return Principal(workload.subject, workload=workload)
 
     async def check_password(self, request: Request, user: str, password: str) -> str:
         """`user` if the password is right; failures count against the client's address, and block it.
@@ -138,9 +159,10 @@ class Gate:
             granted = principal.claims.actions(kind, name)
             return REPOSITORY_ACTIONS if kind == REPOSITORY and "*" in granted else granted
         if kind == REGISTRY:
-            catalog = self.rules.may_list_catalog(principal.user) or self.settings.auth_anonymous_pull
+            catalog = self.rules.may_list_catalog(principal.user, principal.workload)
+            catalog = catalog or self.settings.auth_anonymous_pull
             return frozenset({"*"}) if name == CATALOG and catalog else frozenset()
-        granted = self.rules.actions(principal.user, name)
+        granted = self.rules.actions(principal.user, name, principal.workload)
         return granted | {PULL} if self.settings.auth_anonymous_pull else granted
 
     def allows(self, principal: Principal, resource: Resource) -> bool:
@@ -231,6 +253,19 @@ def _load_rules(path: Path | None) -> AccessRules:
         return AccessRules.load(path) if path else AccessRules.allow_everyone()
     except AccessError as exc:
         raise _config_error("REGISTRY_AUTH_ACCESS", exc) from None
+
+
+def _load_oidc(settings: Settings, rules: AccessRules) -> OidcVerifier | None:
+    """The verifier of workload ID tokens; every issuer a rule names must be a trusted one."""
+    trusted = {entry.issuer for entry in settings.auth_oidc_issuers}
+    if unknown := rules.issuers - trusted:
+        raise _config_error("REGISTRY_AUTH_ACCESS", AccessError(f"rules name untrusted issuers {sorted(unknown)}"))
+    if not trusted:
+        return None
+    try:
+        return OidcVerifier(settings.auth_oidc_issuers)
+    except KeySourceError as exc:
+        raise _config_error("REGISTRY_AUTH_OIDC_ISSUERS", exc) from None
 
 
 def _token_parts(settings: Settings) -> tuple[TokenIssuer | None, TokenVerifier | None]:

@@ -117,13 +117,23 @@ def load_public_key(path: Path) -> PublicKey:
 def load_jwks(path: Path) -> dict[str, PublicKey]:
     """Keys of a JWKS file by `kid` (a lone key without `kid` is filed under "")."""
     try:
-        keys = jwt.PyJWKSet.from_json(path.read_text(encoding="utf-8")).keys
+        jwk_set = jwt.PyJWKSet.from_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, jwt.PyJWTError) as exc:
         raise TokenKeyError(f"cannot load a JWKS from {path}: {exc}") from None
-    found = {jwk.key_id or "": jwk.key for jwk in keys if isinstance(jwk.key, PublicKey)}
+    found = keys_by_id(jwk_set)
     if not found:
-        raise TokenKeyError(f"{path}: no RSA, EC or Ed25519 public key in the JWKS")
+        raise TokenKeyError(f"{path}: no RSA (2048 bits or more), EC or Ed25519 public key in the JWKS")
     return found
+
+
+def keys_by_id(jwk_set: jwt.PyJWKSet) -> dict[str, PublicKey]:
+    """The usable public keys of a JWKS by `kid` ("" for a key without one); secrets and weak RSA keys left out."""
+    return {
+        jwk.key_id or "": jwk.key
+        for jwk in jwk_set.keys
+        if isinstance(jwk.key, PublicKey)
+        and not (isinstance(jwk.key, rsa.RSAPublicKey) and jwk.key.key_size < MIN_RSA_BITS)
+    }
 
 
 def _check_strength(key: PublicKey, path: Path) -> None:

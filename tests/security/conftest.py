@@ -16,6 +16,7 @@ import pytest
 from app.settings import Settings
 from tests.conftest import filesystem_settings
 from tests.security.pki import Pki, make_pki
+from tests.support.daemons import Daemon, start_dockerd
 from tests.support.registry_server import running_registry
 
 PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}
@@ -72,3 +73,11 @@ def serve() -> Iterator[Callable[[Settings], str]]:
     """Start registries for a test (several if it likes); all stop when it ends."""
     with ExitStack() as stack:
         yield lambda settings: stack.enter_context(running_registry(settings))
+
+
+@pytest.fixture(scope="module")
+def dockerd() -> Iterator[Daemon]:
+    """A private docker daemon for the client tests of one module."""
+    daemon = start_dockerd()
+    yield daemon
+    daemon.stop()

@@ -27,7 +27,7 @@ from tests.conftest import s3_settings
 from tests.security.conftest import PASSWORDS
 from tests.security.pki import Pki
 from tests.security.tokenflow import TokenAuth
-from tests.support.daemons import CommandFailed, Daemon, start_containerd, start_dockerd
+from tests.support.daemons import CommandFailed, Daemon, start_containerd
 from tests.support.images import make_layer, oci_ref, write_image
 from tests.support.registry_server import running_registry
 from tests.support.seaweed import S3Server
@@ -91,13 +91,6 @@ def pull_status(registry: Registry, pki: Pki, name: str, tag: str) -> int:
 
 
 # docker ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dockerd() -> Iterator[Daemon]:
-    daemon = start_dockerd()
-    yield daemon
-    daemon.stop()
 
 
 @pytest.fixture(scope="module")
