@@ -10,7 +10,6 @@ a token of too narrow a scope asks for a new one (RFC 6750 `insufficient_scope`)
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,9 +228,9 @@ def client_address(request: Request) -> str:
 
 def _decode_basic(credentials: str) -> tuple[str, str]:
     """`user:password` from base64; ("", "") when malformed, which no user matches."""
-    try:
+    try:  # non-ASCII text is a ValueError of its own, neither binascii.Error nor UnicodeDecodeError
         decoded = base64.b64decode(credentials, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:
         return "", ""
     user, sep, password = decoded.partition(":")
     return (user, password) if sep else ("", "")
