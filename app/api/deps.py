@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -17,14 +18,26 @@ def get_registry(request: Request) -> Registry:
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 MAX_PAGE = 10_000
+MAX_PAGE_PARAMETER = 1_000_000
+DECIMAL_RE = re.compile(r"[0-9]{1,19}")
+
+
+def decimal(value: str | None) -> int | None:
+    """A plain ASCII decimal (at most 19 digits), else None.
+
+    `str.isdigit()` is no test: it also holds for `²` and `①`, which `int()` refuses, and `int()` itself refuses
+    numbers of more than 4300 digits.
+    """
+    return int(value) if value is not None and DECIMAL_RE.fullmatch(value) else None
 
 
 def parse_page_size(value: str | None) -> int | None:
     if value is None or value == "":
         return None
-    if not value.isdigit() or int(value) > 1_000_000:
+    size = decimal(value)
+    if size is None or size > MAX_PAGE_PARAMETER:
         raise PaginationInvalid("n must be a non-negative integer", detail={"n": value[:50]})
-    return int(value)
+    return size
 
 
 def paginate(items: list[str], n: int | None, last: str | None) -> tuple[list[str], bool]:

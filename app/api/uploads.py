@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 
 from app import layout
-from app.api.deps import RegistryDep
+from app.api.deps import RegistryDep, decimal
 from app.api.ranges import parse_content_range
 from app.auth import allowed
 from app.auth.access import PULL
@@ -39,8 +39,7 @@ def blob_created(name: str, digest: str) -> Response:
 def chunk_bounds(request: Request) -> tuple[int | None, int | None]:
     """Start and length of the body from Content-Range / Content-Length (None when the client sent neither)."""
     content_range = request.headers.get("content-range")
-    content_length = request.headers.get("content-length")
-    length = int(content_length) if content_length and content_length.isdigit() else None
+    length = decimal(request.headers.get("content-length"))
     if content_range:
         start, end = parse_content_range(content_range)
         return start, end - start + 1
@@ -128,5 +127,5 @@ async def upload_status(name: str, upload_id: str, registry: RegistryDep) -> Res
 async def cancel_upload(name: str, upload_id: str, registry: RegistryDep) -> Response:
     check_name(name)
     upload = registry.uploads.get(name, upload_id)
-    await registry.uploads.discard(upload)
+    await registry.uploads.cancel(upload)
     return Response(status_code=204)

@@ -71,7 +71,18 @@ def _load_json(body: bytes) -> dict[str, Any]:
         raise ManifestInvalid("manifest is not valid JSON") from exc
     if not isinstance(document, dict):
         raise ManifestInvalid("manifest must be a JSON object")
+    _refuse_lone_surrogates(document)
     return document
+
+
+def _refuse_lone_surrogates(document: dict[str, Any]) -> None:
+    """JSON may escape half a UTF-16 pair (`"\\ud800"`); no UTF-8 text holds one, so no index could list it."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise ManifestInvalid("manifest holds a lone UTF-16 surrogate escape") from exc
+    except RecursionError as exc:
+        raise ManifestInvalid("manifest is nested too deeply") from exc
 
 
 def media_type_of(content_type: str | None, document: dict[str, Any]) -> str:

@@ -144,6 +144,16 @@ class Uploads:
     def lock(self, upload: Upload) -> asyncio.Lock:
         return self._locks.setdefault(upload.id, asyncio.Lock())
 
+    async def cancel(self, upload: Upload) -> None:
+        """The client's DELETE: once any request on the session is done (a final PUT may be verifying it).
+
+        Without the lock, a DELETE during the final PUT's digest check would pull the file from under the
+        commit; with it, the DELETE after a commit finds the session gone (404) and the PUT's 201 stands.
+        """
+        async with self.lock(upload):
+            self.size(upload)
+            await self.discard(upload)
+
     async def discard(self, upload: Upload) -> None:
         """Remove the session; its multipart upload, if any, is aborted first so that no parts dangle."""
         parts = self.parts_of(upload)
