@@ -25,6 +25,28 @@ def run_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_copy(args: argparse.Namespace) -> int:
+    from app.mirror.commands import copy_command  # httpx and rich only for the commands that use them
+
+    return copy_command(args)
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    from app.mirror.commands import sync_command
+
+    return sync_command(args)
+
+
+def parse_bool(text: str) -> bool:
+    """`--src-tls-verify=false`, as skopeo spells it."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -63,3 +85,34 @@ def add_tool_commands(commands: argparse._SubParsersAction) -> None:
         help=f"keep objects modified this recently: pushes in progress (default {DEFAULT_GRACE_SECONDS})",
     )
     collect.set_defaults(handler=storage_faults_exit(run_gc))
+    add_mirror_commands(commands)
+
+
+def add_mirror_commands(commands: argparse._SubParsersAction) -> None:
+    exits = "Exit status: 0 all copied, 1 a source failed (the rest copied), 2 usage, 3 bucket unavailable."
+    copy = commands.add_parser(
+        "copy",
+        help="copy an image from an OCI layout, an archive or a registry into the bucket (no service needed)",
+        description="SOURCE: oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG], "
+        "docker://HOST/NAME:TAG or docker://HOST/NAME@DIGEST. DEST: NAME:TAG, or NAME to keep the source's tag. "
+        "Progress goes to stderr, the summary to stdout. " + exits,
+    )
+    copy.add_argument("source")
+    copy.add_argument("destination")
+    copy.add_argument("--platform", help="copy only this OS/ARCH[/VARIANT] of an index (default: every platform)")
+    copy.add_argument("--no-referrers", action="store_true", help="leave out signatures, SBOMs and other referrers")
+    copy.add_argument("--src-creds", metavar="USER:PASS", help="credentials for the source registry")
+    copy.add_argument(
+        "--src-tls-verify", type=parse_bool, default=True, metavar="BOOL", help="verify the source's TLS certificate"
+    )
+    copy.add_argument("--json", action="store_true", help="print the summary as JSON (and no progress)")
+    copy.set_defaults(handler=storage_faults_exit(run_copy))
+
+    mirror = commands.add_parser(
+        "sync",
+        help="copy the images a YAML file selects (tags, regex, newest N) into the bucket; idempotent",
+        description='See the README\'s "Publish and mirror without a server". ' + exits,
+    )
+    mirror.add_argument("config", help="YAML file listing the mirrors")
+    mirror.add_argument("--json", action="store_true", help="print the summary as JSON (and no progress)")
+    mirror.set_defaults(handler=storage_faults_exit(run_sync))

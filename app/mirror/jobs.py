@@ -1,0 +1,117 @@
+"""One copy job (a source reference into a repository of the bucket), its outcome, and the summary of many.
+
+Shared by `copy` (one job) and `sync` (one per selected tag and destination). A failed job is recorded and
+the others go on; only an unreachable bucket stops everything (app.storage.StorageFault propagates).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+from app.errors import RegistryError
+from app.mirror.copier import Copier, Tally
+from app.mirror.layouts import open_local
+from app.mirror.remote import RemoteOptions, RemoteRegistry
+from app.mirror.source import Source, SourceError
+from app.registry.references import DIGEST_RE, NAME_RE, TAG_RE
+
+LOCAL_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
+
+
+class UsageError(Exception):
+    """A source or destination that cannot be understood: exit status 2, nothing copied."""
+
+
+def open_source(spec: str, options: RemoteOptions) -> Source:
+    """`docker://…`, `oci:…`, `oci-archive:…` or `docker-archive:…` (skopeo's transport names)."""
+    if spec.startswith("docker://"):
+        return RemoteRegistry(spec.removeprefix("docker://"), options)
+    transport, colon, location = spec.partition(":")
+    if not colon or transport not in LOCAL_TRANSPORTS or not location:
+        raise UsageError(
+            f"unknown source {spec!r}: use docker://HOST/NAME:TAG, oci:DIR, oci-archive:FILE or docker-archive:FILE"
+        )
+    return open_local(transport, location)
+
+
+def parse_destination(text: str) -> tuple[str, str | None]:
+    """`NAME:TAG`, or `NAME` to keep the source's tag."""
+    name, _, tag = text.partition(":")
+    if not NAME_RE.fullmatch(name):
+        raise UsageError(f"invalid repository name {name!r} (lower-case path components)")
+    if tag and not TAG_RE.fullmatch(tag):
+        raise UsageError(f"invalid tag {tag!r}")
+    return name, tag or None
+
+
+@dataclass
+class Outcome:
+    source: str
+    destination: str
+    digest: str | None = None
+    error: str | None = None
+    tally: Tally = field(default_factory=Tally)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "destination": self.destination, "digest": self.digest, "ok": self.ok,
+                "error": self.error, **asdict(self.tally)}  # fmt: skip
+
+
+async def run_job(
+    copier: Copier, source: Source, label: str, reference: str | None, name: str, tag: str | None
+) -> Outcome:
+    """Copy `reference` (default: the image the source names) to `name`, tagged `tag` (default: the source's tag).
+
+    `label` names the source in the summary.
+    """
+    outcome = Outcome(source=label, destination=name)
+    before = Tally(**asdict(copier.tally))
+    try:
+        reference = reference or source.default_reference()
+        if reference is None:
+            raise SourceError(f"{source.describe()}: name an image")
+        if tag is None and not DIGEST_RE.fullmatch(reference):
+            tag = reference
+        outcome.destination = f"{name}:{tag}" if tag else name
+        outcome.digest = await copier.copy(source, reference, name, tag)
+    except (SourceError, RegistryError) as exc:
+        outcome.error = str(exc) if isinstance(exc, SourceError) else f"{exc.code}: {exc.message} {exc.detail or ''}"
+    outcome.tally = _difference(copier.tally, before)
+    return outcome
+
+
+def _difference(after: Tally, before: Tally) -> Tally:
+    return Tally(**{key: getattr(after, key) - getattr(before, key) for key in asdict(after)})
+
+
+def summarise(outcomes: list[Outcome], json_output: bool, out: TextIO) -> None:
+    """The summary on stdout: one line per job and a total, or one JSON document."""
+    total = Tally()
+    for outcome in outcomes:
+        total.add(outcome.tally)
+    failed = sum(not outcome.ok for outcome in outcomes)
+    if json_output:
+        document = {"jobs": [o.to_json() for o in outcomes], "total": {**asdict(total), "failed": failed}}
+        print(json.dumps(document, indent=2), file=out)
+        return
+    for outcome in outcomes:
+        if outcome.ok:
+            done = f"copied {outcome.source} -> {outcome.destination} {outcome.digest}"
+            print(f"{done}: {describe(outcome.tally)}", file=out)
+        else:
+            print(f"FAILED {outcome.source} -> {outcome.destination}: {outcome.error}", file=out)
+    print(f"{len(outcomes) - failed} copied, {failed} failed; {describe(total)}", file=out)
+
+
+def describe(tally: Tally) -> str:
+    return (
+        f"blobs {tally.blobs_uploaded} uploaded ({tally.bytes_uploaded} bytes), {tally.blobs_mounted} copied "
+        f"in the bucket, {tally.blobs_present} present; manifests {tally.manifests_written} written, "
+        f"{tally.manifests_present} present"
+    )

@@ -1,0 +1,324 @@
+"""Images on local disk: an OCI image layout (a directory or an `oci-archive` tar) and a `docker save` archive.
+
+Files inside a tar are read in place (an offset and a length in the archive), each reader with its own file
+handle, so several blobs stream at once and nothing is extracted or held whole in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import tarfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from app.mirror.source import STREAM_CHUNK, Fetched, SourceError, checked
+from app.registry.formats import DOCKER_MANIFEST, IMAGE_MANIFESTS
+from app.registry.references import DIGEST_RE, digest_of
+
+REF_NAME = "org.opencontainers.image.ref.name"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+# What skopeo declares for the (uncompressed) layers of a docker-archive; kept so manifests match its digests.
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd")  # gzip, zstd
+MAX_SMALL_FILE = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Extent:
+    """Where a file's bytes are: `length` bytes of `path` from `offset` (None: to the end of the file)."""
+
+    path: Path
+    offset: int = 0
+    length: int | None = None
+
+
+class Directory:
+    """Files under a directory."""
+
+    def __init__(self, root: Path) -> None:
+        if not root.is_dir():
+            raise SourceError(f"{root} is not a directory")
+        self.root = root
+
+    def extent(self, name: str) -> Extent:
+        path = self.root / name
+        if not path.exists():
+            raise SourceError(f"{name} is missing from {self.root}")
+        return Extent(path)
+
+
+class Archive:
+    """Files inside an uncompressed tar, located once by reading the headers."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            with path.open("rb") as handle:
+                if handle.read(4).startswith(COMPRESSED_MAGIC):
+                    raise SourceError(f"{path} is compressed: decompress it first (gunzip, zstd -d)")
+            with tarfile.open(path, "r:") as tar:
+                self.members = {posixpath.normpath(member.name): member for member in tar.getmembers()}
+        except (OSError, tarfile.TarError) as exc:
+            raise SourceError(f"cannot read the archive {path}: {exc}") from exc
+        self.path = path
+
+    def extent(self, name: str) -> Extent:
+        member = self._resolve(posixpath.normpath(name), hops=0)
+        return Extent(self.path, member.offset_data, member.size)
+
+    def _resolve(self, name: str, hops: int) -> tarfile.TarInfo:
+        member = self.members.get(name)
+        if member is None or hops > 8:
+            raise SourceError(f"{name} is missing from the archive {self.path}")
+        if member.issym():
+            return self._resolve(posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname)), hops + 1)
+        if member.islnk():
+            return self._resolve(posixpath.normpath(member.linkname), hops + 1)
+        if not member.isfile():
+            raise SourceError(f"{name} in {self.path} is not a file")
+        return member
+
+
+Files = Directory | Archive
+
+
+def read_small(files: Files, name: str) -> bytes:
+    extent = files.extent(name)
+    with extent.path.open("rb") as handle:
+        handle.seek(extent.offset)
+        data = handle.read(MAX_SMALL_FILE if extent.length is None else min(extent.length, MAX_SMALL_FILE))
+    return data
+
+
+def read_json(files: Files, name: str) -> Any:
+    try:
+        return json.loads(read_small(files, name))
+    except ValueError as exc:
+        raise SourceError(f"{name} is not valid JSON") from exc
+
+
+@asynccontextmanager
+async def stream(extent: Extent) -> AsyncIterator[AsyncIterator[bytes]]:
+    """The extent's bytes in chunks, read in a worker thread (the event loop keeps feeding the upload)."""
+    try:
+        handle = await anyio.to_thread.run_sync(extent.path.open, "rb")
+    except OSError as exc:
+        raise SourceError(f"cannot read {extent.path}: {exc}") from exc
+
+    async def chunks() -> AsyncIterator[bytes]:
+        await anyio.to_thread.run_sync(handle.seek, extent.offset)
+        left = extent.length
+        while left is None or left > 0:
+            size = STREAM_CHUNK if left is None else min(STREAM_CHUNK, left)
+            chunk = await anyio.to_thread.run_sync(handle.read, size)
+            if not chunk:
+                return
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+
+    try:
+        yield chunks()
+    finally:
+        handle.close()
+
+
+def blob_name(digest: str) -> str:
+    if not DIGEST_RE.fullmatch(digest):
+        raise SourceError(f"invalid digest {digest[:80]!r}")
+    return "blobs/" + digest.replace(":", "/", 1)
+
+
+def declared_type(body: bytes) -> str | None:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    media_type = document.get("mediaType") if isinstance(document, dict) else None
+    return media_type if isinstance(media_type, str) else None
+
+
+class OciLayout:
+    """`oci:DIR[:REF]` and `oci-archive:FILE[:REF]`: REF is a `org.opencontainers.image.ref.name` or a digest."""
+
+    def __init__(self, files: Files, label: str, reference: str | None) -> None:
+        self.files = files
+        self.label = label
+        self.reference = reference
+        self.index = read_json(files, "index.json")
+        if not isinstance(self.index, dict) or not isinstance(self.index.get("manifests"), list):
+            raise SourceError(f"{label}: index.json lists no manifests")
+        self._subjects: dict[str, list[dict[str, Any]]] | None = None
+
+    def describe(self) -> str:
+        return self.label + (f":{self.reference}" if self.reference else "")
+
+    def default_reference(self) -> str | None:
+        if self.reference is not None:
+            return self.reference
+        entries = self.index["manifests"]
+        if len(entries) != 1:
+            raise SourceError(f"{self.label} holds {len(entries)} images: name one (tags: {', '.join(self._names())})")
+        return entries[0].get("annotations", {}).get(REF_NAME) or entries[0]["digest"]
+
+    def _names(self) -> list[str]:
+        return [entry.get("annotations", {}).get(REF_NAME, "") for entry in self.index["manifests"]]
+
+    def _entry(self, reference: str) -> dict[str, Any] | None:
+        key = "digest" if DIGEST_RE.fullmatch(reference) else None
+        for entry in self.index["manifests"]:
+            value = entry.get("digest") if key else entry.get("annotations", {}).get(REF_NAME)
+            if value == reference:
+                return entry
+        return None
+
+    async def manifest(self, reference: str, media_type: str | None = None) -> Fetched:
+        entry = self._entry(reference)
+        if entry is None and not DIGEST_RE.fullmatch(reference):
+            raise SourceError(f"{self.label} has no image named {reference!r} (tags: {', '.join(self._names())})")
+        digest = entry["digest"] if entry else reference
+        body = await anyio.to_thread.run_sync(read_small, self.files, blob_name(digest))
+        return checked(body, media_type or (entry or {}).get("mediaType") or declared_type(body), digest)
+
+    def blob(self, digest: str) -> Any:
+        return stream(self.files.extent(blob_name(digest)))
+
+    async def referrers(self, digest: str) -> list[dict[str, Any]]:
+        """The manifests of index.json whose `subject` is `digest` (where oras and skopeo keep referrers)."""
+        if self._subjects is None:
+            self._subjects = await anyio.to_thread.run_sync(self._read_subjects)
+        return self._subjects.get(digest, [])
+
+    def _read_subjects(self) -> dict[str, list[dict[str, Any]]]:
+        found: dict[str, list[dict[str, Any]]] = {}
+        for entry in self.index["manifests"]:
+            if entry.get("mediaType") not in IMAGE_MANIFESTS:
+                continue
+            document = json.loads(read_small(self.files, blob_name(entry["digest"])))
+            subject = document.get("subject")
+            if isinstance(subject, dict) and isinstance(subject.get("digest"), str):
+                found.setdefault(subject["digest"], []).append(entry)
+        return found
+
+    async def tags(self) -> list[str]:
+        return [name for name in self._names() if name]
+
+    async def aclose(self) -> None:
+        return None
+
+
+class DockerArchive:
+    """`docker-archive:FILE[:NAME:TAG]`, what `docker save` writes: manifest.json, a config, layer tars.
+
+    The archive holds no manifest, so one is built the way skopeo builds it (`skopeo inspect --raw` prints the
+    same bytes, so digests agree with skopeo's view of the archive): Docker schema 2, the config unchanged (the
+    image ID is kept), each layer stored as it is in the archive (an uncompressed tar, its digest the diff ID).
+    """
+
+    def __init__(self, archive: Archive, label: str, reference: str | None) -> None:
+        self.files = archive
+        self.label = label
+        entries = read_json(archive, "manifest.json")
+        if not isinstance(entries, list) or not entries:
+            raise SourceError(f"{label}: manifest.json lists no image")
+        self.entry = self._choose(entries, reference)
+        self.repo_tags: list[str] = self.entry.get("RepoTags") or []
+        self.reference = reference
+        self.config_name: str = self.entry["Config"]
+        self.config = read_small(archive, self.config_name)
+        self.layers = self._layers()
+        self.built = self._build()
+
+    def _choose(self, entries: list[dict[str, Any]], reference: str | None) -> dict[str, Any]:
+        if reference is None:
+            if len(entries) != 1:
+                raise SourceError(f"{self.label} holds {len(entries)} images: name one as {self.label}:NAME:TAG")
+            return entries[0]
+        for entry in entries:
+            if any(normalise(tag) == normalise(reference) for tag in entry.get("RepoTags") or []):
+                return entry
+        raise SourceError(f"{self.label} has no image tagged {reference!r}")
+
+    def _layers(self) -> dict[str, Extent]:
+        """Each layer's digest (its diff ID, as the config lists it) and where its bytes are."""
+        diff_ids = json.loads(self.config).get("rootfs", {}).get("diff_ids") or []
+        paths = self.entry.get("Layers") or []
+        if len(diff_ids) != len(paths):
+            raise SourceError(f"{self.label}: the config lists {len(diff_ids)} layers, manifest.json {len(paths)}")
+        layers: dict[str, Extent] = {}
+        for diff_id, path in zip(diff_ids, paths, strict=True):
+            extent = self.files.extent(path)
+            with extent.path.open("rb") as handle:
+                handle.seek(extent.offset)
+                if handle.read(4).startswith(COMPRESSED_MAGIC):
+                    raise SourceError(f"{self.label}: layer {path} is compressed; only docker save's tars are read")
+            layers[diff_id] = extent
+        return layers
+
+    def _build(self) -> Fetched:
+        document = {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG, "size": len(self.config), "digest": digest_of(self.config)},
+            "layers": [
+                {"mediaType": DOCKER_LAYER, "size": extent.length, "digest": digest}
+                for digest, extent in self.layers.items()
+            ],
+        }
+        body = json.dumps(document, separators=(",", ":")).encode()
+        return Fetched(body, DOCKER_MANIFEST, digest_of(body))
+
+    def describe(self) -> str:
+        return self.label + (f":{self.reference}" if self.reference else "")
+
+    def default_reference(self) -> str | None:
+        tag = (self.reference or (self.repo_tags[0] if self.repo_tags else "")).rpartition(":")[2]
+        return tag or self.built.digest
+
+    async def manifest(self, reference: str, media_type: str | None = None) -> Fetched:
+        if DIGEST_RE.fullmatch(reference) and reference != self.built.digest:
+            raise SourceError(f"{self.label} holds {self.built.digest}, not {reference}")
+        return self.built
+
+    def blob(self, digest: str) -> Any:
+        if digest == digest_of(self.config):
+            return stream(self.files.extent(self.config_name))
+        if digest not in self.layers:
+            raise SourceError(f"{self.label} has no blob {digest}")
+        return stream(self.layers[digest])
+
+    async def referrers(self, digest: str) -> list[dict[str, Any]]:
+        return []
+
+    async def tags(self) -> list[str]:
+        return [tag.rpartition(":")[2] for tag in self.repo_tags]
+
+    async def aclose(self) -> None:
+        return None
+
+
+def normalise(reference: str) -> str:
+    """`docker.io/library/app:1`, `library/app:1` and `app:1` name the same image."""
+    for prefix in ("docker.io/", "library/"):
+        reference = reference.removeprefix(prefix)
+    return reference
+
+
+def open_local(transport: str, location: str) -> OciLayout | DockerArchive:
+    """`oci`, `oci-archive` or `docker-archive` with `PATH[:REF]` (the path ends at its first `:`)."""
+    path_text, _, reference = location.partition(":")
+    path = Path(os.path.expanduser(path_text))
+    label = f"{transport}:{path_text}"
+    if transport == "oci":
+        return OciLayout(Directory(path), label, reference or None)
+    if not path.is_file():
+        raise SourceError(f"{path} is not a file")
+    if transport == "oci-archive":
+        return OciLayout(Archive(path), label, reference or None)
+    return DockerArchive(Archive(path), label, reference or None)

@@ -1,0 +1,158 @@
+"""`storj-registry sync CONFIG.yaml`: keep repositories of the bucket in step with upstream images.
+
+```yaml
+mirrors:
+  - source: docker://registry-1.docker.io/library/alpine   # or oci:DIR, oci-archive:FILE, docker-archive:FILE
+    destination: mirror/alpine       # default: the source's repository name; a list copies to several
+    tags: ["3.20"]                   # exact tags, and/or
+    tag_regex: '^3\\.\\d+$'          # every tag matching (re.search), and/or
+    newest: 3                        # the newest N by version among those matched (or all tags)
+    platform: linux/amd64            # default: every platform of an index
+    referrers: true                  # signatures, SBOMs
+    credentials_env: ALPINE_CREDS    # a variable holding USER:PASS (default: ~/.docker/config.json)
+    tls_verify: true
+```
+A run copies what is missing and nothing else: a second run with nothing new upstream writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from app.mirror.copier import Copier, Events, Platform
+from app.mirror.jobs import Outcome, UsageError, open_source, parse_destination, run_job
+from app.mirror.remote import RemoteOptions, parse_remote
+from app.mirror.source import Source, SourceError
+from app.registry import Registry
+
+VERSION_RE = re.compile(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?")
+
+
+class Mirror(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    destination: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    tag_regex: str | None = None
+    newest: Annotated[int, Field(ge=1)] | None = None
+    platform: str | None = None
+    referrers: bool = True
+    credentials_env: str | None = None
+    tls_verify: bool = True
+
+    @field_validator("destination", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("tag_regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            re.compile(value)
+        return value
+
+    @field_validator("platform")
+    @classmethod
+    def _platform(cls, value: str | None) -> str | None:
+        if value is not None:
+            Platform.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _selects_tags(self) -> Mirror:
+        if not (self.tags or self.tag_regex or self.newest):
+            raise ValueError("choose tags: `tags`, `tag_regex` and/or `newest`")
+        return self
+
+    def destinations(self) -> list[str]:
+        """The repositories to fill; by default the source's own repository name."""
+        if self.destination:
+            return self.destination
+        if self.source.startswith("docker://"):
+            return [parse_remote(self.source.removeprefix("docker://")).name]
+        raise ValueError(f"{self.source}: a local source needs a `destination`")
+
+    def remote_options(self) -> RemoteOptions:
+        credentials = None
+        if self.credentials_env:
+            user, colon, password = os.environ.get(self.credentials_env, "").partition(":")
+            if not colon:
+                raise UsageError(f"{self.credentials_env} must hold USER:PASS")
+            credentials = (user, password)
+        return RemoteOptions(credentials=credentials, tls_verify=self.tls_verify)
+
+
+class SyncConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mirrors: list[Mirror]
+
+
+def load_config(path: Path) -> SyncConfig:
+    try:
+        config = SyncConfig.model_validate(yaml.safe_load(path.read_text()))
+        for mirror in config.mirrors:
+            for destination in mirror.destinations():
+                parse_destination(destination)
+    except (OSError, yaml.YAMLError, ValidationError, ValueError) as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+    return config
+
+
+def version_key(tag: str) -> tuple[int, int, int] | None:
+    """`[v]MAJOR[.MINOR[.PATCH]]` as a sortable key; other tags (pre-releases, suffixes) are not versions."""
+    found = VERSION_RE.fullmatch(tag)
+    if found is None:
+        return None
+    major, minor, patch = (int(part) if part else 0 for part in found.groups())
+    return major, minor, patch
+
+
+def select_tags(mirror: Mirror, available: list[str]) -> list[str]:
+    """The exact tags, plus those matching the regex, cut to the newest N versions when `newest` is set."""
+    matched = [tag for tag in available if mirror.tag_regex and re.search(mirror.tag_regex, tag)]
+    if mirror.newest:
+        pool = matched if mirror.tag_regex else available
+        versions = sorted((key, tag) for tag in pool if (key := version_key(tag)) is not None)
+        matched = [tag for _, tag in versions[-mirror.newest :]]
+    return list(dict.fromkeys([*mirror.tags, *matched]))
+
+
+async def sync_mirror(copier: Copier, mirror: Mirror, source: Source) -> list[Outcome]:
+    """Every selected tag into every destination; a failure is recorded and the rest go on."""
+    try:
+        available = await source.tags() if (mirror.tag_regex or mirror.newest) else []
+    except SourceError as exc:
+        return [Outcome(mirror.source, ", ".join(mirror.destinations()), error=str(exc))]
+    outcomes = []
+    for destination in mirror.destinations():
+        name, _ = parse_destination(destination)
+        for tag in select_tags(mirror, available):
+            outcomes.append(await run_job(copier, source, f"{mirror.source}:{tag}", tag, name, tag))
+    return outcomes
+
+
+async def run_sync(registry: Registry, config: SyncConfig, events: Events) -> list[Outcome]:
+    """Each mirror in turn, with its own platform and referrer choices, into the one bucket."""
+    outcomes: list[Outcome] = []
+    for mirror in config.mirrors:
+        platform = Platform.parse(mirror.platform) if mirror.platform else None
+        copier = Copier(registry, events, platform=platform, with_referrers=mirror.referrers)
+        try:
+            source = open_source(mirror.source, mirror.remote_options())
+        except (SourceError, UsageError) as exc:
+            outcomes.append(Outcome(mirror.source, ", ".join(mirror.destinations()), error=str(exc)))
+            continue
+        try:
+            outcomes += await sync_mirror(copier, mirror, source)
+        finally:
+            await source.aclose()
+    return outcomes
