@@ -139,7 +139,9 @@ def push_sbom(client: httpx.Client, name: str, subject: Image, referrers_api: bo
     for blob in (EMPTY_CONFIG, layer):
         started = client.post(f"/v2/{name}/blobs/uploads/")
         assert started.status_code == 202, started.text
-        done = client.put(started.headers["Location"], params={"digest": digest(blob)}, content=blob)
+        location = started.headers["Location"]  # distribution's carries a `_state` query to keep
+        separator = "&" if "?" in location else "?"
+        done = client.put(f"{location}{separator}digest={digest(blob)}", content=blob)
         assert done.status_code == 201, done.text
     sbom = json.dumps(
         {
