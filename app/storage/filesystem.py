@@ -102,11 +102,13 @@ class FilesystemStorage:
             self._publish(temp, key, content_type, cache_control, if_absent=if_absent)
 
     def put_file(self, key: str, path: Path, content_type: str, cache_control: str | None = None) -> None:
+        """Publish a copy of a staged file, never a hard link to it.
+
+        The staged file belongs to an upload session, which can outlive the publish (a crash before the session
+        is discarded) and be appended to again: a shared inode would change the published object.
+        """
         with self._temp_file() as temp:
-            try:
-                os.link(path, temp)
-            except OSError:
-                shutil.copyfile(path, temp)
+            shutil.copyfile(path, temp)
             self._publish(temp, key, content_type, cache_control)
 
     def copy(self, source: str, destination: str) -> None:
@@ -114,7 +116,7 @@ class FilesystemStorage:
         if info is None:
             raise KeyError(source)
         with self._temp_file() as temp:
-            try:
+            try:  # published objects are only ever replaced whole, never written in place: they may share an inode
                 os.link(self._path(source), temp)
             except OSError:
                 shutil.copyfile(self._path(source), temp)
