@@ -63,17 +63,19 @@ ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/var/lib/storj-registry \
     REGISTRY_STAGING_DIR=/var/lib/storj-registry/staging \
-    REGISTRY_DATA_DIR=/var/lib/storj-registry/data
+    REGISTRY_DATA_DIR=/var/lib/storj-registry/data \
+    REGISTRY_LISTEN_HOST=0.0.0.0 \
+    REGISTRY_LISTEN_PORT=5000
 
 WORKDIR /var/lib/storj-registry
 USER ${APP_UID}:${APP_GID}
 
 EXPOSE 5000
 
-# No curl in a slim image: ask /healthz with the standard library, bypassing any proxy variables,
-# over HTTPS (certificate unchecked: it is our own) when the service terminates TLS itself.
+# `storj-registry healthcheck` asks /healthz on the port `serve` really listens on: the --port of PID 1 when
+# given (docker run IMAGE serve --port 8080), else REGISTRY_LISTEN_PORT; over HTTPS when REGISTRY_TLS_CERT is set.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, ssl, urllib.request as r; s = 'https' if os.environ.get('REGISTRY_TLS_CERT') else 'http'; r.build_opener(r.ProxyHandler({}), r.HTTPSHandler(context=ssl._create_unverified_context())).open(s + '://127.0.0.1:5000/healthz', timeout=4)"]
+    CMD ["storj-registry", "healthcheck"]
 
 ENTRYPOINT ["storj-registry"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "5000"]
+CMD ["serve"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
@@ -19,7 +20,7 @@ from fastapi import Depends, FastAPI
 from app.api import auth as auth_api
 from app.auth import Gate, UploadLimiter, guard
 from app.registry.limits import BodyRefused, StagingLimits
-from app.settings import LOOPBACK_HOSTS, Settings
+from app.settings import LOOPBACK_HOSTS, Settings, SettingsError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -69,8 +70,41 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "server_header": False,
     }
     if settings.tls_cert and settings.tls_key:
+        check_tls_files(settings)
         options |= {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     return options
+
+
+def check_tls_files(settings: Settings) -> None:
+    """Load the certificate and key once now: a wrong file is a line naming the setting, not uvicorn's traceback."""
+    assert settings.tls_cert and settings.tls_key
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(settings.tls_cert, settings.tls_key)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        raise SettingsError.naming(
+            "REGISTRY_TLS_CERT/REGISTRY_TLS_KEY", f"cannot load {settings.tls_cert} with {settings.tls_key}: {exc}"
+        ) from None
+
+
+class QuietProtocolErrors(logging.Filter):
+    """uvicorn's "Invalid HTTP request received." warning, demoted to DEBUG.
+
+    docker and skopeo open every connection with a TLS handshake and fall back to plain HTTP when it fails: on a
+    plain port each push would log that WARNING, which tells the operator nothing. The client gets its 400.
+    """
+
+    message = "Invalid HTTP request received."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or record.msg != self.message:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        record.msg = "invalid HTTP request (not HTTP, e.g. a TLS handshake on this plain-HTTP port): answered 400"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def quiet_protocol_errors() -> None:
+    logging.getLogger("uvicorn.error").addFilter(QuietProtocolErrors())
 
 
 def warn_if_exposed(host: str, settings: Settings) -> None:

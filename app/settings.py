@@ -35,11 +35,20 @@ class OidcIssuer(BaseModel):
 
 
 class SettingsError(Exception):
-    """A setting is missing or wrong; the message names each offending variable."""
+    """A setting is missing or wrong; the message, one line, names each offending variable."""
+
+    @classmethod
+    def naming(cls, variable: str, problem: object) -> SettingsError:
+        return cls(f"invalid configuration: {variable}: {problem}")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REGISTRY_", env_file=".env", extra="ignore")
+
+    # Where `serve` listens (its --host and --port override these). Not REGISTRY_PORT: Kubernetes sets that to
+    # `tcp://…` in every pod of a namespace holding a Service named `registry`.
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=5000, ge=1, le=65535)
 
     storage: Literal["filesystem", "s3"] = "filesystem"
     data_dir: Path = Path("./data")
@@ -189,4 +198,4 @@ def load_settings(**overrides: object) -> Settings:
             name = f"REGISTRY_{field.upper()}" if field else "settings"
             name += "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in inside)  # in a JSON value
             lines.append(f"{name}: {error['msg']}")
-        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+        raise SettingsError("invalid configuration: " + "; ".join(lines)) from None

@@ -14,6 +14,7 @@ from app.api.deps import RegistryDep, next_link, paginate, parse_page_size
 from app.errors import RegistryError, StorageUnavailable, Unsupported
 from app.metrics import STORAGE_FAULTS
 from app.storage import StorageFault
+from app.storage.faults import describe
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 RETRY_AFTER_SECONDS = "5"
@@ -54,7 +55,8 @@ def install_error_handlers(app: FastAPI) -> None:
         STORAGE_FAULTS.inc()
         log.warning("storage fault on %s %s: %s", request.method, request.url.path, exc)
         error = StorageUnavailable(
-            "the storage backend is unavailable, retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}
+            f"the storage backend is unavailable: {describe(exc)}; retry later",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
         return error_response(error)
 

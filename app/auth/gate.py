@@ -237,7 +237,7 @@ def _decode_basic(credentials: str) -> tuple[str, str]:
 
 
 def _config_error(variable: str, exc: Exception) -> SettingsError:
-    return SettingsError(f"invalid configuration:\n  {variable}: {exc}")
+    return SettingsError.naming(variable, exc)
 
 
 def _load_htpasswd(path: Path | None) -> Htpasswd | None:

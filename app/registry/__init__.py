@@ -24,11 +24,16 @@ class Registry:
     manifests: Manifests
 
 
+def open_uploads(settings: Settings, storage: Storage | None, *, create: bool = True) -> Uploads:
+    """The staging directory's sessions, with S3 multipart uploads overlapped when the store supports them."""
+    sender = PartSender(storage) if isinstance(storage, MultipartStorage) else None
+    return Uploads(settings.staging_dir, sender, create=create)
+
+
 def build_registry(settings: Settings, storage: Storage | None = None) -> Registry:
     """Create every long-lived part once, at start-up."""
     storage = storage or open_storage(settings)
-    sender = PartSender(storage) if isinstance(storage, MultipartStorage) else None
-    uploads = Uploads(settings.staging_dir, sender)
+    uploads = open_uploads(settings, storage)
     indexes = Indexes(storage)
     return Registry(
         settings=settings,

@@ -58,6 +58,16 @@ class Upload:
         return self.directory / "data"
 
 
+@dataclass(frozen=True)
+class StagedSession:
+    """An upload session as found on the staging disk, for listing and purging."""
+
+    id: str
+    name: str
+    size: int
+    touched: float  # last write to it, seconds since the epoch (0 when its data file is gone)
+
+
 class _RunningHash:
     """sha256 of the first `size` bytes of an upload's data file."""
 
@@ -101,9 +111,10 @@ class _Wanted:
 
 
 class Uploads:
-    def __init__(self, staging_dir: Path, sender: PartSender | None = None) -> None:
+    def __init__(self, staging_dir: Path, sender: PartSender | None = None, *, create: bool = True) -> None:
         self.root = staging_dir.resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
         self.sender = sender
         self._hashes: dict[str, _RunningHash] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -187,27 +198,48 @@ class Uploads:
         parts = self.parts_of(upload)
         return parts is not None and await anyio.to_thread.run_sync(parts.publish, size, key)
 
+    def sessions(self) -> list[StagedSession]:
+        """Every session on the staging disk, oldest first (what `storj-registry uploads list` shows)."""
+        if not self.root.is_dir():
+            return []
+        found = [self._describe(d) for d in self.root.iterdir() if UPLOAD_ID_RE.fullmatch(d.name)]
+        return sorted(found, key=lambda session: session.touched)
+
+    def stale_sessions(self, max_age_seconds: float) -> list[StagedSession]:
+        """Sessions untouched for `max_age_seconds`: abandoned, since an active push writes at least every chunk."""
+        cutoff = time.time() - max_age_seconds
+        return [session for session in self.sessions() if session.touched < cutoff]
+
     def purge_older_than(self, max_age_seconds: float) -> int:
         """Remove sessions untouched for `max_age_seconds`; returns how many went."""
-        cutoff = time.time() - max_age_seconds
-        removed = 0
-        for directory in self.root.iterdir():
-            if not UPLOAD_ID_RE.fullmatch(directory.name):
-                continue
-            try:
-                touched = max(directory.stat().st_mtime, (directory / "data").stat().st_mtime)
-            except FileNotFoundError:
-                touched = 0
-            lock = self._locks.get(directory.name)
-            if touched < cutoff and not (lock and lock.locked()):  # a locked session is being committed
-                if not self._abandon_parts(directory):
-                    continue
-                self._parts.pop(directory.name, None)
-                self._hashes.pop(directory.name, None)
-                self._locks.pop(directory.name, None)
-                shutil.rmtree(directory, ignore_errors=True)
-                removed += 1
-        return removed
+        return sum(self.purge(session) for session in self.stale_sessions(max_age_seconds))
+
+    def purge(self, session: StagedSession) -> bool:
+        """Remove an abandoned session, its multipart upload aborted first; False when kept (in use, store down)."""
+        lock = self._locks.get(session.id)
+        if lock and lock.locked():  # a locked session is being committed
+            return False
+        directory = self.root / session.id
+        if not self._abandon_parts(directory):
+            return False
+        self._parts.pop(session.id, None)
+        self._hashes.pop(session.id, None)
+        self._locks.pop(session.id, None)
+        shutil.rmtree(directory, ignore_errors=True)
+        return True
+
+    def _describe(self, directory: Path) -> StagedSession:
+        """What a session directory holds; a half-written or damaged one still gets listed (and can be purged)."""
+        try:
+            name = str(json.loads((directory / "state.json").read_text()).get("name", "?"))
+        except (OSError, ValueError, AttributeError):
+            name = "?"
+        try:
+            data = (directory / "data").stat()
+            size, touched = data.st_size, max(directory.stat().st_mtime, data.st_mtime)
+        except FileNotFoundError:
+            size, touched = 0, 0.0
+        return StagedSession(directory.name, name, size, touched)
 
     def _abandon_parts(self, directory: Path) -> bool:
         """Abort a purged session's multipart upload; False (keep it, retry next time) when the store fails."""

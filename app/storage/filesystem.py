@@ -23,8 +23,11 @@ TMP_DIR = ".tmp"
 
 
 class FilesystemStorage:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        """Open the store at `root`, creating it unless `create` is false (inspection tools never create one)."""
         self.root = root.resolve()
+        if not create and not (self.root / META_DIR).is_dir():
+            raise StorageFault(f"no store at {self.root}: nothing was ever pushed there")
         (self.root / TMP_DIR).mkdir(parents=True, exist_ok=True)
         (self.root / META_DIR).mkdir(parents=True, exist_ok=True)
 

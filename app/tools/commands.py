@@ -1,27 +1,56 @@
-"""The `fsck` and `gc` subcommands of `storj-registry`, on the bucket the REGISTRY_* settings name."""
+"""The `fsck`, `gc`, `uploads`, `copy` and `sync` subcommands of `storj-registry`, on the store the settings name.
+
+Inspection never creates anything: run in the wrong directory, `fsck` and `gc` say there is no store there (exit 3)
+instead of creating an empty `./data` and calling it clean, and `uploads list` does not create `./staging`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import time
 from collections.abc import Callable
 
-from app.settings import load_settings
-from app.storage import StorageFault, open_storage
+from app.registry import open_uploads
+from app.settings import Settings, load_settings
+from app.storage import Storage, StorageFault, open_storage
 from app.tools.fsck import fsck
 from app.tools.gc import DEFAULT_GRACE_SECONDS, gc
 
 EXIT_PROBLEMS = 1
 EXIT_STORAGE = 3
+DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def existing_store(settings: Settings) -> Storage:
+    return open_storage(settings, create=False)
+
+
+def where(settings: Settings) -> str:
+    """The store in words, for messages: the bucket (and prefix), or the data directory."""
+    if settings.storage == "s3":
+        return f"bucket {settings.s3_bucket}" + (f" under {settings.s3_prefix}/" if settings.s3_prefix else "")
+    return f"{settings.data_dir.resolve()} (REGISTRY_DATA_DIR)"
+
+
+def say_if_empty(command: str, settings: Settings, keys: int) -> None:
+    if keys == 0:
+        print(f"{command}: the store is empty: nothing was ever pushed to {where(settings)}", file=sys.stderr)
 
 
 def run_fsck(args: argparse.Namespace) -> int:
-    report = fsck(open_storage(load_settings()), repair=args.repair)
+    settings = load_settings()
+    report = fsck(existing_store(settings), repair=args.repair)
+    say_if_empty("fsck", settings, report.keys)
     return EXIT_PROBLEMS if report.left else 0
 
 
 def run_gc(args: argparse.Namespace) -> int:
-    gc(open_storage(load_settings()), delete=args.delete, grace_seconds=args.grace_seconds)
+    settings = load_settings()
+    report = gc(existing_store(settings), delete=args.delete, grace_seconds=args.grace_seconds)
+    say_if_empty("gc", settings, report.keys)
     return 0
 
 
@@ -47,17 +76,51 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+def run_uploads(args: argparse.Namespace) -> int:
+    """List (or purge) the upload sessions in staging untouched for `--older-than`."""
+    settings = load_settings()
+    purging = args.action == "purge"
+    # Purging on S3 also aborts each session's multipart upload, which needs the bucket; listing needs nothing.
+    storage = open_storage(settings, create=False) if purging and settings.storage == "s3" else None
+    uploads = open_uploads(settings, storage, create=False)
+    if not uploads.root.is_dir():
+        print(f"uploads: no staging directory at {uploads.root} (REGISTRY_STAGING_DIR)", file=sys.stderr)
+        return 0
+    stale = uploads.stale_sessions(args.older_than)
+    now, total, kept = time.time(), 0, 0
+    for session in stale:
+        if purging and not uploads.purge(session):
+            kept += 1
+            continue
+        total += session.size
+        age = f"{now - session.touched:.0f}s" if session.touched else "unknown"
+        print(f"{'purged' if purging else 'upload'} {session.id} {session.name} {session.size} bytes, idle {age}")
+    verb = "purged" if purging else "found"
+    print(f"uploads: {verb} {len(stale) - kept} session(s), {total} bytes, in {uploads.root}", file=sys.stderr)
+    if kept:
+        print(f"uploads: {kept} session(s) kept: the bucket could not abort their parts", file=sys.stderr)
+    return EXIT_STORAGE if kept else 0
+
+
+def duration(text: str) -> float:
+    """`90`, `90s`, `30m`, `1h`, `2d` in seconds (argparse type)."""
+    match = DURATION_RE.fullmatch(text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 1h or 2d")
+    return float(match.group(1)) * SECONDS_PER_UNIT[match.group(2)]
+
+
 Handler = Callable[[argparse.Namespace], int]
 
 
 def storage_faults_exit(handler: Handler) -> Handler:
-    """An unreachable bucket ends a tool with a one-line message and exit status 3, not a traceback."""
+    """An unreachable or missing store ends a tool with a one-line message and exit status 3, not a traceback."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
         except StorageFault as exc:
-            print(f"storj-registry {args.command}: the bucket is unavailable: {exc}", file=sys.stderr)
+            print(f"storj-registry {args.command}: the store is unavailable: {exc}", file=sys.stderr)
             return EXIT_STORAGE
 
     return run
@@ -66,16 +129,18 @@ def storage_faults_exit(handler: Handler) -> Handler:
 def add_tool_commands(commands: argparse._SubParsersAction) -> None:
     check = commands.add_parser(
         "fsck",
-        help="check the bucket against the layout's invariants (exit 1 while problems remain)",
-        description="Problems go to stdout, one per line: PROBLEM <code> <key> <detail>. Progress and summary: stderr.",
+        help="check the store against the layout's invariants (exit 1 while problems remain)",
+        description="Problems go to stdout, one per line: PROBLEM <code> <key> <detail>. Progress and summary: stderr. "
+        "Exit 0: clean (an empty store says so); 1: problems left; 3: no store there, or it cannot be reached.",
     )
-    check.add_argument("--repair", action="store_true", help="fix what the bucket itself can tell (never blobs)")
+    check.add_argument("--repair", action="store_true", help="fix what the store itself can tell (never blobs)")
     check.set_defaults(handler=storage_faults_exit(run_fsck))
 
     collect = commands.add_parser(
         "gc",
         help="find blobs and manifests nothing references (dry run unless --delete)",
-        description="Per repository; each finding is a line on stdout, progress and summary go to stderr.",
+        description="Per repository; each finding is a line on stdout, progress and summary go to stderr. "
+        "Exit 3 when there is no store there, or it cannot be reached.",
     )
     collect.add_argument("--delete", action="store_true", help="delete what is found (default: only report)")
     collect.add_argument(
@@ -85,6 +150,23 @@ def add_tool_commands(commands: argparse._SubParsersAction) -> None:
         help=f"keep objects modified this recently: pushes in progress (default {DEFAULT_GRACE_SECONDS})",
     )
     collect.set_defaults(handler=storage_faults_exit(run_gc))
+
+    uploads = commands.add_parser(
+        "uploads",
+        help="list or purge abandoned upload sessions in the staging directory",
+        description="An interrupted push leaves its bytes in REGISTRY_STAGING_DIR until the service purges them "
+        "(REGISTRY_UPLOAD_MAX_AGE_SECONDS). Sessions go to stdout, one per line, oldest first; the total to stderr.",
+    )
+    uploads.add_argument("action", choices=["list", "purge"], help="list: only show; purge: delete them")
+    uploads.add_argument(
+        "--older-than",
+        type=duration,
+        default=3600.0,
+        metavar="AGE",
+        help="only sessions idle this long, e.g. 90s, 30m, 1h, 2d (default: 1h; a push in progress writes "
+        "at least every few seconds)",
+    )
+    uploads.set_defaults(handler=storage_faults_exit(run_uploads))
     add_mirror_commands(commands)
 
 
