@@ -66,6 +66,7 @@ class Settings(BaseSettings):
 
     public_url: str = ""
     max_manifest_bytes: int = Field(default=4 * MiB, ge=1024)
+    max_manifest_descriptors: int = Field(default=1000, ge=1)
     delete_enabled: bool = False
     upload_max_age_seconds: float = Field(default=24 * 3600, gt=0)
 

@@ -41,5 +41,5 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
         uploads=uploads,
         indexes=indexes,
         blobs=Blobs(storage, uploads, indexes),
-        manifests=Manifests(storage, indexes),
+        manifests=Manifests(storage, indexes, settings.max_manifest_descriptors),
     )

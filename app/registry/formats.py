@@ -143,10 +143,27 @@ def _descriptor_list(document: dict[str, Any], key: str, *, required: bool) -> l
     return [parse_descriptor(item, f"{key}[{i}]") for i, item in enumerate(value)]
 
 
-def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
+def _check_descriptor_count(document: dict[str, Any], limit: int) -> None:
+    """Refuse a manifest naming more than `limit` blobs and manifests, before any of them is parsed or checked.
+
+    Each one costs a storage call when the manifest is pushed (a round trip to Storj) and an entry in what is
+    kept about it; 4 MiB of JSON holds about 37,000 descriptors. The OCI specs set no number, docker runs at
+    most 125 layers, an index lists one manifest per platform: the default (1000) is far above real images.
+    """
+    count = sum(len(value) for key in ("layers", "manifests") if isinstance(value := document.get(key), list))
+    if count > limit:
+        raise ManifestInvalid(
+            f"manifest names more than {limit} descriptors", detail={"descriptors": count, "limit": limit}
+        )
+
+
+def parse_manifest(body: bytes, content_type: str | None, *, max_descriptors: int | None = None) -> Manifest:
+    """A validated manifest; with `max_descriptors`, one naming more layers and children than that is refused."""
     document = _load_json(body)
     if document.get("schemaVersion") != 2:
         raise ManifestInvalid("schemaVersion must be 2")
+    if max_descriptors is not None:
+        _check_descriptor_count(document, max_descriptors)
     media_type = media_type_of(content_type, document)
     subject = document.get("subject")
     artifact_type = document.get("artifactType")

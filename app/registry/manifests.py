@@ -34,12 +34,13 @@ class PutResult:
 
 
 class Manifests:
-    def __init__(self, storage: Storage, indexes: Indexes) -> None:
+    def __init__(self, storage: Storage, indexes: Indexes, max_descriptors: int | None = None) -> None:
         self.storage = storage
         self.indexes = indexes
+        self.max_descriptors = max_descriptors
 
     async def put(self, name: str, reference: str, body: bytes, content_type: str | None) -> PutResult:
-        manifest = parse_manifest(body, content_type)
+        manifest = parse_manifest(body, content_type, max_descriptors=self.max_descriptors)
         digest = self._digest_for(reference, body)
         await self._require_references(name, manifest)
 

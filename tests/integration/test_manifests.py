@@ -7,6 +7,7 @@ import json
 import httpx
 import pytest
 
+from app.settings import Settings
 from tests.conftest import BucketView
 from tests.support.pushing import (
     DOCKER_MANIFEST,
@@ -20,6 +21,7 @@ from tests.support.pushing import (
     push_image,
     push_manifest,
 )
+from tests.support.registry_server import running_registry
 
 NAME = "team/app"
 
@@ -222,3 +224,35 @@ def test_subject_may_point_at_a_manifest_not_pushed_yet(client: httpx.Client) ->
     absent = {"mediaType": OCI_MANIFEST, "digest": digest(b"future"), "size": 6}
     artifact = image_manifest(config, [], subject=absent)
     assert push_manifest(client, NAME, digest(artifact), artifact, OCI_MANIFEST).status_code == 201
+
+
+def many_layers(count: int) -> bytes:
+    """An image manifest naming `count` layers that were never pushed."""
+    layers = [{"mediaType": OCI_CONFIG, "digest": digest(str(i).encode()), "size": 1} for i in range(count)]
+    config = {"mediaType": OCI_CONFIG, "digest": digest(b"config"), "size": 6}
+    document = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": layers}
+    return json.dumps(document).encode()
+
+
+def test_a_manifest_naming_too_many_descriptors_is_refused_at_once_with_a_short_answer(
+    client: httpx.Client, bucket_view: BucketView
+) -> None:
+    body = many_layers(25_000)  # about 3.5 MB: within the manifest size limit
+    refused = push_manifest(client, NAME, "many", body, OCI_MANIFEST)
+    assert refused.status_code == 400
+    assert error_code(refused) == "MANIFEST_INVALID"
+    assert refused.json()["errors"][0]["detail"] == {"descriptors": 25_000, "limit": 1000}
+    assert len(refused.content) < 300
+    assert bucket_view.keys() == set()
+
+
+def test_the_descriptor_limit_is_a_setting(settings: Settings) -> None:
+    settings = settings.model_copy(update={"max_manifest_descriptors": 3})
+    with running_registry(settings) as url, httpx.Client(base_url=url) as client:
+        config = b'{"architecture":"amd64","os":"linux"}'
+        layers = [b"one", b"two", b"three"]
+        for blob in (config, *layers):
+            push_blob(client, NAME, blob)
+        assert push_manifest(client, NAME, "three", image_manifest(config, layers), OCI_MANIFEST).status_code == 201
+        four = push_manifest(client, NAME, "four", image_manifest(config, [*layers, b"four"]), OCI_MANIFEST)
+        assert four.status_code == 400 and four.json()["errors"][0]["detail"]["limit"] == 3
