@@ -33,6 +33,10 @@ def manifest(name: str, reference: str) -> str:
     return f"v2/{name}/manifests/{reference}"
 
 
+def blobs_dir(name: str) -> str:
+    return f"v2/{name}/blobs/"
+
+
 def manifests_dir(name: str) -> str:
     return f"v2/{name}/manifests/"
 
@@ -73,12 +77,15 @@ def name_from_catalog_entry(key: str) -> str | None:
     return None
 
 
+BLOB_LOCATIONS = "v2/_blobs/"
+
+
 def blob_location(digest: str) -> str:
     """Record naming one repository that holds blob `digest` (automatic layer sharing, README "Shared layers").
 
     `_blobs` cannot be a repository name (names start with `[a-z0-9]`), so the key never collides with one.
     """
-    return f"v2/_blobs/{digest}"
+    return f"{BLOB_LOCATIONS}{digest}"
 
 
 def staged_upload(upload_id: str) -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 
 from app import edge
@@ -14,11 +18,22 @@ from app.registry.purging import purging_abandoned_uploads
 from app.settings import Settings, load_settings
 
 
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """While the app serves: the bucket prepared in the background (`Registry.warm`), the purge of old uploads."""
+    registry: Registry = app.state.registry
+    warming = asyncio.create_task(registry.warm())
+    async with purging_abandoned_uploads(app):
+        yield
+    warming.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await warming
+    await registry.records.settle()
+
+
 def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
     settings = settings or load_settings()
-    app = FastAPI(
-        title="storj-registry", docs_url=None, redoc_url=None, openapi_url=None, lifespan=purging_abandoned_uploads
-    )
+    app = FastAPI(title="storj-registry", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.settings = settings
     edge.install(app, settings)  # auth, limits, proxy headers: before the routers, which it guards
     app.state.registry = registry or build_registry(settings)

@@ -22,6 +22,11 @@ HTTP_REQUEST_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+STORAGE_REQUESTS = Counter(
+    "registry_storage_requests",
+    "Requests made to the store: S3 requests by operation (retries included), or filesystem backend calls",
+    ["operation"],
+)
 STORAGE_RETRIES = Counter("registry_storage_retries", "S3 request attempts that were retries", ["operation"])
 STORAGE_ERRORS = Counter(
     "registry_storage_errors",

@@ -14,6 +14,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -22,9 +23,10 @@ from urllib.parse import parse_qsl
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, STORAGE_ERRORS, STORAGE_RETRIES
+from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, STORAGE_ERRORS, STORAGE_REQUESTS, STORAGE_RETRIES
 from app.registry.references import DIGEST_RE, TAG_RE, is_name
 from app.storage import Storage
+from app.storage.filesystem import FilesystemStorage
 from app.storage.s3 import S3Storage
 
 LogFormat = Literal["text", "json"]
@@ -230,16 +232,40 @@ def configure_logging(log_format: LogFormat, level: str = "info") -> None:
 
 
 def instrument_storage(storage: Storage) -> None:
-    """Count retried attempts and failed requests of the S3 backend's client, by operation (botocore events).
+    """Count the store's requests by operation, and the S3 client's retried attempts and failed requests.
 
-    Unique ids make a second call for the same client (several apps over one registry in tests) a no-op.
+    S3: botocore events (every attempt sent counts as a request). Filesystem: each backend call, by method.
+    Unique ids (S3) and a marker (filesystem) make a second call for the same store (several apps over one
+    registry in tests) a no-op.
     """
-    if not isinstance(storage, S3Storage):
-        return
-    events = storage.client.meta.events
-    events.register("request-created.s3", _count_retry, unique_id="storj-registry-retries")
-    events.register("after-call.s3", _count_error_answer, unique_id="storj-registry-error-answers")
-    events.register("after-call-error.s3", _count_failure, unique_id="storj-registry-failures")
+    if isinstance(storage, S3Storage):
+        events = storage.client.meta.events
+        events.register("before-send.s3", _count_request, unique_id="storj-registry-requests")
+        events.register("request-created.s3", _count_retry, unique_id="storj-registry-retries")
+        events.register("after-call.s3", _count_error_answer, unique_id="storj-registry-error-answers")
+        events.register("after-call-error.s3", _count_failure, unique_id="storj-registry-failures")
+    elif isinstance(storage, FilesystemStorage) and not getattr(storage, "_counted", False):
+        for operation in FILESYSTEM_CALLS:
+            setattr(storage, operation, _counted(operation, getattr(storage, operation)))
+        storage._counted = True  # type: ignore[attr-defined]
+
+
+FILESYSTEM_CALLS = ("stat", "read", "read_small", "put_bytes", "put_file", "copy", "delete", "list")
+FILESYSTEM_CALLS += ("list_children", "list_children_sized")
+
+
+def _counted(operation: str, call: Callable[..., Any]) -> Callable[..., Any]:
+    counter = STORAGE_REQUESTS.labels(operation)
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        counter.inc()
+        return call(*args, **kwargs)
+
+    return counting
+
+
+def _count_request(event_name: str, **_: Any) -> None:
+    STORAGE_REQUESTS.labels(_operation(event_name)).inc()
 
 
 def _operation(event_name: str) -> str:

@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     upload_idle_timeout: float = Field(default=60, gt=0)
     max_header_bytes: int = Field(default=64 * 1024, ge=4096)
     share_blobs: bool = True
+    share_min_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
 
     @field_validator("s3_prefix")
     @classmethod

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from app.registry.blobs import Blobs
 from app.registry.indexes import Indexes
+from app.registry.known import Known
 from app.registry.manifests import Manifests
 from app.registry.parts import PartSender
+from app.registry.sharing import LocationRecords
 from app.registry.uploads import Uploads
 from app.settings import Settings
-from app.storage import Storage, open_storage
+from app.storage import Storage, StorageFault, open_storage
 from app.storage.base import MultipartStorage
+
+log = logging.getLogger("storj_registry")
 
 
 @dataclass
@@ -20,8 +25,20 @@ class Registry:
     storage: Storage
     uploads: Uploads
     indexes: Indexes
+    known: Known
+    records: LocationRecords
     blobs: Blobs
     manifests: Manifests
+
+    async def warm(self) -> None:
+        """At start, off any push's path: `v2/index.html`, the catalog and the blob location records."""
+        try:
+            await self.indexes.ensure_index_html()
+            await self.indexes.load_catalog()
+        except StorageFault as exc:  # the store may come back; pushes then do this on their way
+            log.warning("could not prepare the bucket at start: %s", exc)
+        if self.settings.share_blobs:
+            await self.records.load()
 
 
 def open_uploads(settings: Settings, storage: Storage | None, *, create: bool = True) -> Uploads:
@@ -35,11 +52,15 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
     storage = storage or open_storage(settings)
     uploads = open_uploads(settings, storage)
     indexes = Indexes(storage)
+    known = Known(storage, deletes_enabled=settings.delete_enabled)
+    records = LocationRecords(storage, settings.share_min_bytes)
     return Registry(
         settings=settings,
         storage=storage,
         uploads=uploads,
         indexes=indexes,
-        blobs=Blobs(storage, uploads, indexes),
-        manifests=Manifests(storage, indexes, settings.max_manifest_descriptors),
+        known=known,
+        records=records,
+        blobs=Blobs(storage, uploads, indexes, known, records),
+        manifests=Manifests(storage, indexes, known, settings.max_manifest_descriptors),
     )

@@ -1,8 +1,13 @@
-"""Blobs: committing verified uploads to the bucket, cross-repository mounts and sharing, reads and deletes."""
+"""Blobs: committing verified uploads to the bucket, cross-repository mounts and sharing, reads and deletes.
+
+Every existence question goes to `app.registry.known` first, which answers from memory where that is safe; every
+write of a blob is create-only, so a blob another push (or replica) already wrote is not written again.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 
 from anyio.to_thread import run_sync as run
@@ -12,39 +17,49 @@ from app.errors import BlobUnknown
 from app.metrics import COMMIT_SECONDS, COMMITTED_BLOBS
 from app.registry.indexes import Indexes
 from app.registry.keyed_locks import KeyedLocks
-from app.registry.references import NAME_RE
+from app.registry.known import Kind, Known
+from app.registry.sharing import LocationRecords
 from app.registry.uploads import Upload, Uploads
-from app.storage import ObjectInfo, Storage, StorageFault
+from app.storage import ObjectExists, ObjectInfo, Storage
 
 log = logging.getLogger("storj_registry")
 
 # May the caller copy blobs out of this repository? (the authorization hook for automatic sharing)
 SourceCheck = Callable[[str], Awaitable[bool]]
 
+MAX_TOMBSTONES = 4096
+
 
 class Blobs:
-    def __init__(self, storage: Storage, uploads: Uploads, indexes: Indexes) -> None:
+    def __init__(
+        self, storage: Storage, uploads: Uploads, indexes: Indexes, known: Known, records: LocationRecords
+    ) -> None:
         self.storage = storage
         self.uploads = uploads
         self.indexes = indexes
+        self.known = known
+        self.records = records
         # Concurrent pushes of one layer publish it once: Storj allows about one write per second to a key.
         self._publishing = KeyedLocks()
-
-    async def stat(self, name: str, digest: str) -> ObjectInfo | None:
-        return await run(self.storage.stat, layout.blob(name, digest))
+        # Blobs deleted from a repository through the API: a HEAD there must not share them back (bounded).
+        self._deleted: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     async def require(self, name: str, digest: str, share_from: SourceCheck | None = None) -> ObjectInfo:
         """The blob's info, or BLOB_UNKNOWN; with `share_from`, first try copying it from another repository."""
-        info = await self.stat(name, digest)
-        if info is None and share_from is not None:
-            info = await self.share(name, digest, share_from)
-        if info is None:
+        size = await self.known.size(name, Kind.BLOB, digest)
+        if size is None and share_from is not None and (name, digest) not in self._deleted:
+            size = await self.share(name, digest, share_from)
+        if size is None:
             self.uploads.wanted(name, digest)  # the client is likely to upload it next (app.registry.parts)
             raise BlobUnknown("blob unknown to registry", detail={"digest": digest})
-        return info
+        return ObjectInfo(size, layout.OCTET_STREAM, layout.MANIFEST_CACHE_IMMUTABLE)
 
     async def open(self, name: str, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        return await run(self.storage.read, layout.blob(name, digest), start, end)
+        try:
+            return await run(self.storage.read, layout.blob(name, digest), start, end)
+        except KeyError:  # removed since memory last saw it
+            self.known.forget(name, Kind.BLOB, digest)
+            raise BlobUnknown("blob unknown to registry", detail={"digest": digest}) from None
 
     async def commit(self, upload: Upload, digest: str) -> int:
         """Verify a finished upload and publish it under its digest; the bucket is untouched on mismatch."""
@@ -52,61 +67,75 @@ class Blobs:
             size = await self.uploads.verify(upload, digest)
             key = layout.blob(upload.name, digest)
             async with self._publishing.hold(key):
-                await self._publish(upload, key, digest, size)
+                await self._publish(upload, key, size)
             await self.uploads.discard(upload)
+        self.known.wrote(upload.name, Kind.BLOB, digest, size)
+        self._deleted.pop((upload.name, digest), None)
+        self.records.remember(upload.name, digest, size)
         return size
 
-    async def _publish(self, upload: Upload, key: str, digest: str, size: int) -> None:
-        """Write a verified upload at `key`, unless an earlier push of the same blob already did."""
-        if await run(self.storage.stat, key) is not None:
+    async def _publish(self, upload: Upload, key: str, size: int) -> None:
+        """Write a verified upload at `key` (create-only), unless it is known to be there already."""
+        digest = key.rsplit("/", 1)[1]
+        if self.known.vouched(upload.name, Kind.BLOB, digest):
             return
         await self.indexes.ensure_index_html()
         with COMMIT_SECONDS.time():
             if not await self.uploads.publish(upload, key, size):  # parts sent while the client uploaded
-                await run(self.storage.put_file, key, upload.data, layout.OCTET_STREAM, layout.MANIFEST_CACHE_IMMUTABLE)
+                try:
+                    await run(self._put_file, upload, key)
+                except ObjectExists:  # an earlier push of the same blob: the same bytes
+                    return
         COMMITTED_BLOBS.labels("upload").inc()
-        await self._remember(upload.name, digest)
 
-    async def _remember(self, name: str, digest: str) -> None:
-        """Record that `name` holds `digest`, so other repositories can share it without listing the bucket.
+    def _put_file(self, upload: Upload, key: str) -> None:
+        self.storage.put_file(key, upload.data, layout.OCTET_STREAM, layout.MANIFEST_CACHE_IMMUTABLE, if_absent=True)
 
-        Best effort: the blob is already committed, and a missing or stale record only costs a later upload.
-        """
-        try:
-            await run(
-                self.storage.put_bytes, layout.blob_location(digest), name.encode(), layout.TEXT, layout.MUTABLE_CACHE
-            )
-        except StorageFault as exc:
-            log.warning("could not record the location of %s: %s", digest, exc)
-
-    async def share(self, name: str, digest: str, allowed: SourceCheck) -> ObjectInfo | None:
-        """Copy `digest` into `name` from the repository its location record names, if that one still has it.
-
-        A record is only a hint (the source may have lost the blob since), so `mount` checks the source first.
-        """
-        found = await run(self.storage.read_small, layout.blob_location(digest))
-        if found is None:
+    async def share(self, name: str, digest: str, allowed: SourceCheck) -> int | None:
+        """Copy `digest` into `name` from a repository known to hold it, or the one its location record names."""
+        for source in self.known.holders(digest):
+            if source != name and await allowed(source):
+                size = await self.known.size(source, Kind.BLOB, digest)
+                if size is not None and await self.mount(name, digest, source, how="share"):
+                    return size
+        if not self.records.exists(digest):
             return None
-        source = found[0].decode("utf-8", "replace")
-        if source == name or not NAME_RE.fullmatch(source) or not await allowed(source):
+        source = await self.records.holder(digest)
+        if source is None or source == name or not await allowed(source):
             return None
         if not await self.mount(name, digest, source, how="share"):
             return None
-        return await self.stat(name, digest)
+        return await self.known.size(name, Kind.BLOB, digest)
 
     async def mount(self, name: str, digest: str, source: str, how: str = "mount") -> bool:
-        """Copy a blob from another repository server-side (metadata-only on Storj); False if it lacks it."""
-        if await self.stat(source, digest) is None:
+        """Copy a blob from another repository server-side (metadata-only on Storj); False if it lacks it.
+
+        One create-only CopyObject: it fails when the source lacks the blob and leaves the target alone when
+        it already holds it, so neither needs a HEAD first.
+        """
+        if self.known.vouched(name, Kind.BLOB, digest):
+            return True
+        await self.indexes.ensure_index_html()
+        try:
+            await run(self._copy, layout.blob(source, digest), layout.blob(name, digest))
+        except KeyError:
+            self.known.forget(source, Kind.BLOB, digest)
             return False
-        if await self.stat(name, digest) is None:
-            await self.indexes.ensure_index_html()
-            try:
-                await run(self.storage.copy, layout.blob(source, digest), layout.blob(name, digest))
-            except KeyError:
-                return False
+        except ObjectExists:
+            pass
+        else:
             COMMITTED_BLOBS.labels(how).inc()
+        self.known.copied_blob(name, digest, source)
+        self._deleted.pop((name, digest), None)
         return True
+
+    def _copy(self, source: str, destination: str) -> None:
+        self.storage.copy(source, destination, if_absent=True)
 
     async def delete(self, name: str, digest: str) -> None:
         await self.require(name, digest)
         await run(self.storage.delete, layout.blob(name, digest))
+        self.known.forget(name, Kind.BLOB, digest)
+        self._deleted[(name, digest)] = None
+        while len(self._deleted) > MAX_TOMBSTONES:
+            self._deleted.popitem(last=False)

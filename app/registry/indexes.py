@@ -14,6 +14,7 @@ before it, and rewrites the document when it missed one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -27,9 +28,10 @@ from anyio.to_thread import run_sync as run
 from app import layout
 from app.registry.formats import OCI_INDEX, Descriptor
 from app.registry.references import is_digest
-from app.storage import Storage, StorageFault
+from app.storage import ObjectExists, Storage, StorageFault
 
 VERIFY_ROUNDS = 10
+_ENTRY = (layout.OCTET_STREAM, layout.MUTABLE_CACHE)
 Truth = TypeVar("Truth")
 
 
@@ -71,13 +73,20 @@ def list_referrers(storage: Storage, name: str, subject: str) -> list[dict[str, 
 
 
 def converge(
-    storage: Storage, key: str, truth: Callable[[], Truth], render: Callable[[Truth], bytes], content_type: str
+    storage: Storage,
+    key: str,
+    truth: Callable[[], Truth],
+    render: Callable[[Truth], bytes],
+    content_type: str,
+    guess: Truth | None = None,
 ) -> float:
     """Write `render(truth())` at `key` until a look at the truth taken after the write agrees with it.
 
-    Returns when that last look started: every change made before then is in the document.
+    A `guess` of the truth (what memory says it is) is written first instead of looking: the look after the write
+    corrects a wrong guess, and a right one saves a round trip. Returns when the last look started: every change
+    made before then is in the document.
     """
-    current = truth()
+    current = truth() if guess is None else guess
     for _ in range(VERIFY_ROUNDS):
         storage.put_bytes(key, render(current), content_type, layout.MUTABLE_CACHE)
         checked_at = time.monotonic()
@@ -94,18 +103,29 @@ class Indexes:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._settled: dict[str, float] = {}
         self._index_html_written = False
+        self._in_catalog: set[str] = set()  # repositories this process put in the catalog (or found there)
+        self._catalog_guess: set[str] | None = None
 
     async def ensure_index_html(self) -> None:
-        """`v2/index.html` makes a static server answer the `/v2/` ping with 200 (written once, not per push)."""
+        """`v2/index.html` makes a static server answer the `/v2/` ping with 200 (one create-only write per process)."""
         if self._index_html_written:
             return
         async with self._locks[layout.INDEX_HTML]:
-            if not self._index_html_written and await run(self.storage.stat, layout.INDEX_HTML) is None:
-                await run(self.storage.put_bytes, layout.INDEX_HTML, b"", layout.HTML, layout.MUTABLE_CACHE)
+            if not self._index_html_written:
+                with contextlib.suppress(ObjectExists):
+                    await run(self._put_index_html)
             self._index_html_written = True
 
+    def _put_index_html(self) -> None:
+        self.storage.put_bytes(layout.INDEX_HTML, b"", layout.HTML, layout.MUTABLE_CACHE, if_absent=True)
+
     async def _rebuild(
-        self, key: str, truth: Callable[[], Truth], render: Callable[[Truth], bytes], content_type: str
+        self,
+        key: str,
+        truth: Callable[[], Truth],
+        render: Callable[[Truth], bytes],
+        content_type: str,
+        guess: Truth | None = None,
     ) -> None:
         """`converge` at `key`, one caller at a time per key.
 
@@ -117,7 +137,7 @@ class Indexes:
         async with self._locks[key]:
             if self._settled.get(key, -math.inf) > requested:
                 return
-            self._settled[key] = await run(converge, self.storage, key, truth, render, content_type)
+            self._settled[key] = await run(converge, self.storage, key, truth, render, content_type, guess)
 
     # tags -----------------------------------------------------------------------------------------------
 
@@ -128,9 +148,10 @@ class Indexes:
             return None
         return list(json.loads(found[0]).get("tags") or [])
 
-    async def refresh_tags(self, name: str) -> None:
+    async def refresh_tags(self, name: str, guess: set[str] | None = None) -> None:
         truth = partial(list_tags, self.storage, name)
-        await self._rebuild(layout.tags_list(name), truth, partial(tags_document, name), layout.JSON)
+        tags = sorted(guess) if guess is not None else None
+        await self._rebuild(layout.tags_list(name), truth, partial(tags_document, name), layout.JSON, tags)
 
     # catalog --------------------------------------------------------------------------------------------
 
@@ -140,15 +161,34 @@ class Indexes:
             return []
         return list(json.loads(found[0]).get("repositories") or [])
 
-    async def add_to_catalog(self, name: str) -> None:
-        entry = layout.catalog_entry(name)
-        if await run(self.storage.stat, entry) is not None and name in await self.catalog():
-            return
-        await run(self.storage.put_bytes, entry, b"", layout.OCTET_STREAM, layout.MUTABLE_CACHE)
-        await self._rebuild_catalog()
+    async def load_catalog(self) -> None:
+        """Remember the published catalog (at start): the guess a new repository's catalog rebuild starts from."""
+        self._catalog_guess = set(await self.catalog())
 
-    async def _rebuild_catalog(self) -> None:
-        await self._rebuild(layout.CATALOG, partial(list_catalog, self.storage), catalog_document, layout.JSON)
+    async def add_to_catalog(self, name: str, *, new: bool) -> None:
+        """Make sure `name` is in the catalog; `new` says a listing found the repository without manifests.
+
+        A repository this process already added, or that held manifests (so an earlier push added it), costs
+        nothing. One of unknown history costs a create-only write of its entry, which fails when it is there.
+        """
+        if name in self._in_catalog:
+            return
+        try:
+            await run(partial(self.storage.put_bytes, if_absent=True), layout.catalog_entry(name), b"", *_ENTRY)
+        except ObjectExists:
+            if not new:
+                self._in_catalog.add(name)
+                return
+        await self._rebuild_catalog(self._catalog_guess | {name} if self._catalog_guess is not None else None)
+        self._in_catalog.add(name)
+
+    async def _rebuild_catalog(self, guess: set[str] | None = None) -> None:
+        def truth() -> list[str]:
+            names = list_catalog(self.storage)
+            self._catalog_guess = set(names)
+            return names
+
+        await self._rebuild(layout.CATALOG, truth, catalog_document, layout.JSON, sorted(guess) if guess else None)
 
     # referrers ------------------------------------------------------------------------------------------
 

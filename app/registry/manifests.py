@@ -1,14 +1,17 @@
 """Manifests: validate, publish in a pullable order, read back, delete.
 
-Publishing order keeps every intermediate state of the bucket pullable: the manifest under its digest first,
-then the tag, then the tags list and catalog, then the referrers index of its subject. Every blob and child
-manifest it names must already be in the repository, so a tag never points at something missing.
+Publishing order keeps every intermediate state of the bucket pullable: the manifest under its digest first, then
+the tag and then the tags list; the catalog and the referrers index of its subject go alongside the tag, since no
+pull depends on them. Every blob and child manifest it names must already be in the repository (asked of
+`app.registry.known`, which answers from memory where that is safe), so a tag never points at something missing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
+from functools import partial
 
 from anyio.to_thread import run_sync as run
 
@@ -16,8 +19,11 @@ from app import layout
 from app.errors import ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
 from app.registry.formats import Manifest, parse_manifest
 from app.registry.indexes import Indexes
+from app.registry.known import Kind, Known
 from app.registry.references import algorithm_of, digest_of, is_digest, sha256_digest
-from app.storage import Storage
+from app.storage import ObjectExists, Storage
+
+MAX_REPORTED_MISSING = 10
 
 
 @dataclass(frozen=True)
@@ -34,34 +40,55 @@ class PutResult:
 
 
 class Manifests:
-    def __init__(self, storage: Storage, indexes: Indexes, max_descriptors: int | None = None) -> None:
+    def __init__(
+        self, storage: Storage, indexes: Indexes, known: Known, max_descriptors: int | None = None
+    ) -> None:
         self.storage = storage
         self.indexes = indexes
+        self.known = known
         self.max_descriptors = max_descriptors
 
     async def put(self, name: str, reference: str, body: bytes, content_type: str | None) -> PutResult:
+        """Validate, then publish: by digest, then (with the catalog and the referrers index alongside) the tag,
+        then the tags list. Each step waits only for what it must follow."""
         manifest = parse_manifest(body, content_type, max_descriptors=self.max_descriptors)
         digest = self._digest_for(reference, body)
         await self._require_references(name, manifest)
-
         await self.indexes.ensure_index_html()
-        digest_key = layout.manifest(name, digest)
-        existing = await run(self.storage.stat, digest_key)
-        if existing is None or existing.size != len(body) or existing.content_type != manifest.media_type:
-            await run(self.storage.put_bytes, digest_key, body, manifest.media_type, layout.MANIFEST_CACHE_IMMUTABLE)
+        await self._write_by_digest(name, digest, body, manifest.media_type)
+        steps = [self._add_to_catalog(name)]
         if not is_digest(reference):
-            await run(
-                self.storage.put_bytes,
-                layout.manifest(name, reference),
-                body,
-                manifest.media_type,
-                layout.MUTABLE_CACHE,
-            )
-        await self.indexes.refresh_tags(name)
-        await self.indexes.add_to_catalog(name)
+            steps.append(self._write_tag(name, reference, body, manifest.media_type))
         if manifest.subject is not None:
-            await self.indexes.add_referrer(name, manifest.subject.digest, manifest.descriptor(digest, len(body)))
+            descriptor = manifest.descriptor(digest, len(body))
+            steps.append(self.indexes.add_referrer(name, manifest.subject.digest, descriptor))
+        await asyncio.gather(*steps)
         return PutResult(digest, manifest.subject.digest if manifest.subject else None)
+
+    async def _write_by_digest(self, name: str, digest: str, body: bytes, media_type: str) -> None:
+        if not self.known.vouched(name, Kind.MANIFEST, digest):
+            key = layout.manifest(name, digest)
+            write = partial(self.storage.put_bytes, if_absent=True)
+            with contextlib.suppress(ObjectExists):  # the same bytes, pushed before
+                await run(write, key, body, media_type, layout.MANIFEST_CACHE_IMMUTABLE)
+        self.known.wrote(name, Kind.MANIFEST, digest, len(body))
+
+    async def _write_tag(self, name: str, tag: str, body: bytes, media_type: str) -> None:
+        """Write the tag, then the tags list unless the tag was already in it.
+
+        Without deletes a tag, once there, stays: a tag this process listed (or wrote and listed) needs no
+        rebuild. Otherwise the rebuild starts from the tags memory knows, and its look after the write corrects.
+        """
+        await run(self.storage.put_bytes, layout.manifest(name, tag), body, media_type, layout.MUTABLE_CACHE)
+        known_tags = self.known.tags(name)
+        if self.known.deletes_enabled or known_tags is None or tag not in known_tags:
+            await self.indexes.refresh_tags(name, None if known_tags is None else known_tags | {tag})
+        self.known.wrote(name, Kind.MANIFEST, tag, len(body))
+
+    async def _add_to_catalog(self, name: str) -> None:
+        if self.known.tags(name) is not None and not self.known.listed_empty(name):
+            return  # it held manifests already, so an earlier push put it in the catalog
+        await self.indexes.add_to_catalog(name, new=self.known.listed_empty(name))
 
     @staticmethod
     def _digest_for(reference: str, body: bytes) -> str:
@@ -77,13 +104,12 @@ class Manifests:
         return reference
 
     async def _require_references(self, name: str, manifest: Manifest) -> None:
-        keys = [layout.blob(name, d.digest) for d in manifest.blobs if not d.external]
-        keys += [layout.manifest(name, d.digest) for d in manifest.children]
-        found = await asyncio.gather(*(run(self.storage.stat, key) for key in dict.fromkeys(keys)))
-        missing = [key.rsplit("/", 1)[1] for key, info in zip(dict.fromkeys(keys), found, strict=True) if not info]
+        blobs = [d.digest for d in manifest.blobs if not d.external]
+        missing = await self.known.missing(name, blobs, [d.digest for d in manifest.children])
         if missing:
             raise ManifestBlobUnknown(
-                "manifest references content missing from the repository", detail={"missing": missing}
+                "manifest references content missing from the repository",
+                detail={"missing": missing[:MAX_REPORTED_MISSING], "count": len(missing)},
             )
 
     async def get(self, name: str, reference: str) -> StoredManifest:
@@ -100,12 +126,16 @@ class Manifests:
         if is_digest(reference):
             tags = await run(self._tags_pointing_at, name, reference)
             for tag in tags:
-                await run(self.storage.delete, layout.manifest(name, tag))
-            await run(self.storage.delete, layout.manifest(name, reference))
+                await self._delete(name, tag)
+            await self._delete(name, reference)
             await self._forget_referrer(name, stored)
         else:
-            await run(self.storage.delete, layout.manifest(name, reference))
+            await self._delete(name, reference)
         await self.indexes.refresh_tags(name)
+
+    async def _delete(self, name: str, reference: str) -> None:
+        self.known.forget(name, Kind.MANIFEST, reference)
+        await run(self.storage.delete, layout.manifest(name, reference))
 
     def _tags_pointing_at(self, name: str, digest: str) -> list[str]:
         tags = []

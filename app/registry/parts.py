@@ -23,6 +23,7 @@ the commit resends it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app import layout
-from app.storage.base import MultipartStorage
+from app.storage.base import MultipartStorage, ObjectExists
 
 log = logging.getLogger("storj_registry")
 
@@ -178,25 +179,30 @@ class StagedParts:
             self.forget()  # nothing sent, truncated below one part, or begun under another digest
             return False
         try:
-            self._complete(state, size)
+            self._complete(state, size, if_absent=not staged)
         except KeyError:  # the multipart upload is gone: aborted, expired, or completed by an earlier attempt
             if not self._completed_before(state.key, size):
                 self.forget()
                 return False
+        except ObjectExists:  # another push published the same blob meanwhile: these parts are not needed
+            self.forget()
+            return True
         if staged:
-            self.sender.storage.copy(state.key, key)
+            with contextlib.suppress(ObjectExists):
+                self.sender.storage.copy(state.key, key, if_absent=True)
             self.sender.storage.delete(state.key)
         self.state_path.unlink(missing_ok=True)
         return True
 
-    def _complete(self, state: _State, size: int) -> None:
+    def _complete(self, state: _State, size: int, *, if_absent: bool) -> None:
         """Resend every part not recorded at its full length for `size` bytes (usually just the tail), complete."""
         numbers = range(1, -(-size // self.sender.part_size) + 1)
         missing = [n for n in numbers if state.parts.get(n, (-1, ""))[0] != self._length(n, size)]
         for future in [self.sender.pool.submit(self._send, n, self._length(n, size)) for n in missing]:
             future.result()
         state = _State.load(self.state_path) or state
-        self.sender.storage.complete_multipart(state.key, state.upload_id, [state.parts[n][1] for n in numbers])
+        etags = [state.parts[n][1] for n in numbers]
+        self.sender.storage.complete_multipart(state.key, state.upload_id, etags, if_absent=if_absent)
 
     def _completed_before(self, key: str, size: int) -> bool:
         """Did an earlier attempt complete the upload (and then fail to copy, or lose the answer)?"""

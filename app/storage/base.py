@@ -59,11 +59,20 @@ class Storage(Protocol):
     ) -> None:
         """Write a small object; with `if_absent`, raise ObjectExists instead of replacing."""
 
-    def put_file(self, key: str, path: Path, content_type: str, cache_control: str | None = None) -> None:
-        """Write a staged file as one object; it becomes visible only once complete."""
+    def put_file(
+        self, key: str, path: Path, content_type: str, cache_control: str | None = None, *, if_absent: bool = False
+    ) -> None:
+        """Write a staged file as one object; it becomes visible only once complete.
 
-    def copy(self, source: str, destination: str) -> None:
-        """Server-side copy, keeping the source's metadata. Raises KeyError when the source is absent."""
+        With `if_absent`, raise ObjectExists when the key is already there (a content-addressed object: the same
+        bytes), instead of writing it again: Storj takes about one write per second to a key.
+        """
+
+    def copy(self, source: str, destination: str, *, if_absent: bool = False) -> None:
+        """Server-side copy, keeping the source's metadata. Raises KeyError when the source is absent.
+
+        With `if_absent`, raise ObjectExists when the destination is already there.
+        """
 
     def delete(self, key: str) -> None:
         """Remove an object; absent keys are not an error."""
@@ -73,6 +82,9 @@ class Storage(Protocol):
 
     def list_children(self, prefix: str) -> Iterator[str]:
         """Keys directly under `prefix` (no further `/`), returned relative to it."""
+
+    def list_children_sized(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Like `list_children`, with each object's size: one listing answers many existence questions."""
 
     def check(self) -> None:
         """Raise StorageFault when the store cannot be reached (readiness probe)."""
@@ -94,8 +106,11 @@ class MultipartStorage(Protocol):
     def put_part(self, key: str, upload_id: str, number: int, path: Path, offset: int, length: int) -> str:
         """Send `length` bytes of `path` from `offset` as part `number` (1-based); returns the part's ETag."""
 
-    def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
-        """Assemble parts 1..len(etags) into the object. Raises KeyError when the upload no longer exists."""
+    def complete_multipart(self, key: str, upload_id: str, etags: list[str], *, if_absent: bool = False) -> None:
+        """Assemble parts 1..len(etags) into the object. Raises KeyError when the upload no longer exists.
+
+        With `if_absent`, raise ObjectExists when the key is already there (the upload stays open: abort it).
+        """
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Drop an unfinished multipart upload and its parts; an unknown upload is not an error."""

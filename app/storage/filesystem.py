@@ -104,7 +104,9 @@ class FilesystemStorage:
             temp.write_bytes(data)
             self._publish(temp, key, content_type, cache_control, if_absent=if_absent)
 
-    def put_file(self, key: str, path: Path, content_type: str, cache_control: str | None = None) -> None:
+    def put_file(
+        self, key: str, path: Path, content_type: str, cache_control: str | None = None, *, if_absent: bool = False
+    ) -> None:
         """Publish a copy of a staged file, never a hard link to it.
 
         The staged file belongs to an upload session, which can outlive the publish (a crash before the session
@@ -112,9 +114,9 @@ class FilesystemStorage:
         """
         with self._temp_file() as temp:
             shutil.copyfile(path, temp)
-            self._publish(temp, key, content_type, cache_control)
+            self._publish(temp, key, content_type, cache_control, if_absent=if_absent)
 
-    def copy(self, source: str, destination: str) -> None:
+    def copy(self, source: str, destination: str, *, if_absent: bool = False) -> None:
         info = self.stat(source)
         if info is None:
             raise KeyError(source)
@@ -123,7 +125,7 @@ class FilesystemStorage:
                 os.link(self._path(source), temp)
             except OSError:
                 shutil.copyfile(self._path(source), temp)
-            self._publish(temp, destination, info.content_type, info.cache_control)
+            self._publish(temp, destination, info.content_type, info.cache_control, if_absent=if_absent)
 
     def delete(self, key: str) -> None:
         for path in (self._path(key), self._meta_path(key)):
@@ -143,12 +145,18 @@ class FilesystemStorage:
                     yield key
 
     def list_children(self, prefix: str) -> Iterator[str]:
+        return (entry.name for entry in self._files_in(prefix))
+
+    def list_children_sized(self, prefix: str) -> Iterator[tuple[str, int]]:
+        return ((entry.name, entry.stat().st_size) for entry in self._files_in(prefix))
+
+    def _files_in(self, prefix: str) -> Iterator[os.DirEntry[str]]:
         directory = self.root / prefix
         if not prefix.endswith("/") or not directory.is_dir():
             return
         for entry in os.scandir(directory):
             if entry.is_file():
-                yield entry.name
+                yield entry
 
     def check(self) -> None:
         if not os.access(self.root, os.W_OK):

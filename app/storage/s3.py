@@ -24,6 +24,7 @@ from app.settings import Settings
 from app.storage.base import READ_CHUNK, ObjectExists, ObjectInfo, StorageFault
 
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
+_PRECONDITION_FAILED = {"412", "PreconditionFailed"}
 
 
 def client_config(settings: Settings) -> Config:
@@ -53,8 +54,17 @@ def _drop_expect_continue(request: Any, **_: Any) -> None:
         del request.headers["Expect"]
 
 
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code"))
+
+
 def _is_missing(error: ClientError) -> bool:
-    return str(error.response.get("Error", {}).get("Code")) in _MISSING
+    return _error_code(error) in _MISSING
+
+
+def _create_only(if_absent: bool) -> dict[str, str]:
+    """`If-None-Match: *`: Storj honours it on PutObject, CopyObject and CompleteMultipartUpload (412 if present)."""
+    return {"IfNoneMatch": "*"} if if_absent else {}
 
 
 class S3Storage:
@@ -136,21 +146,28 @@ class S3Storage:
         *,
         if_absent: bool = False,
     ) -> None:
-        extra = self._metadata(content_type, cache_control)
-        if if_absent:
-            extra["IfNoneMatch"] = "*"
-        try:
-            self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
-        except StorageFault as exc:
-            if "PreconditionFailed" in str(exc) or "412" in str(exc):
-                raise ObjectExists(key) from exc
-            raise
+        extra = self._metadata(content_type, cache_control) | _create_only(if_absent)
+        self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
 
-    def put_file(self, key: str, path: Path, content_type: str, cache_control: str | None = None) -> None:
+    def put_file(
+        self, key: str, path: Path, content_type: str, cache_control: str | None = None, *, if_absent: bool = False
+    ) -> None:
+        """One PutObject below the part size (create-only when asked), the transfer manager's multipart above."""
+        extra = self._metadata(content_type, cache_control)
+        size = path.stat().st_size
+        if size < self.part_size:
+            with ReadFileChunk.from_filename(str(path), 0, size, enable_callbacks=False) as body:
+                self._call(
+                    self.client.put_object,
+                    Bucket=self.bucket,
+                    Key=self._key(key),
+                    Body=body,
+                    ContentLength=size,
+                    **extra | _create_only(if_absent),
+                )
+            return
         try:
-            self.transfer.upload_file(
-                str(path), self.bucket, self._key(key), extra_args=self._metadata(content_type, cache_control)
-            )
+            self.transfer.upload_file(str(path), self.bucket, self._key(key), extra_args=extra)
         except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
             raise StorageFault(f"upload of {key} failed: {exc}") from exc
 
@@ -174,7 +191,7 @@ class S3Storage:
             )
         return response["ETag"]
 
-    def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
+    def complete_multipart(self, key: str, upload_id: str, etags: list[str], *, if_absent: bool = False) -> None:
         parts = [{"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, start=1)]
         self._call(
             self.client.complete_multipart_upload,
@@ -182,6 +199,7 @@ class S3Storage:
             Key=self._key(key),
             UploadId=upload_id,
             MultipartUpload={"Parts": parts},
+            **_create_only(if_absent),
         )
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
@@ -198,7 +216,7 @@ class S3Storage:
         except (ClientError, BotoCoreError) as exc:
             raise StorageFault(f"listing multipart uploads failed: {exc}") from exc
 
-    def copy(self, source: str, destination: str) -> None:
+    def copy(self, source: str, destination: str, *, if_absent: bool = False) -> None:
         """One CopyObject request: never the managed copy, which switches to UploadPartCopy (501 on Storj)."""
         self._call(
             self.client.copy_object,
@@ -206,6 +224,7 @@ class S3Storage:
             Key=self._key(destination),
             CopySource={"Bucket": self.bucket, "Key": self._key(source)},
             MetadataDirective="COPY",
+            **_create_only(if_absent),
         )
 
     def delete(self, key: str) -> None:
@@ -215,13 +234,21 @@ class S3Storage:
     def list(self, prefix: str) -> Iterator[str]:
         for page in self._pages(self._key(prefix), delimiter=None):
             for item in page.get("Contents", []):
-                yield item["Key"][len(self.prefix) :]
+                if not item["Key"].endswith("/"):  # a directory marker, not an object
+                    yield item["Key"][len(self.prefix) :]
 
     def list_children(self, prefix: str) -> Iterator[str]:
+        for name, _ in self.list_children_sized(prefix):
+            yield name
+
+    def list_children_sized(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Directory markers are not children: some servers (SeaweedFS) list an emptied folder as its own key."""
         full = self._key(prefix)
         for page in self._pages(full, delimiter="/"):
             for item in page.get("Contents", []):
-                yield item["Key"][len(full) :]
+                name = item["Key"][len(full) :]
+                if name and not name.endswith("/"):
+                    yield name, item["Size"]
 
     def check(self) -> None:
         self._call(self.client.head_bucket, Bucket=self.bucket)
@@ -250,6 +277,8 @@ class S3Storage:
         except ClientError as exc:
             if _is_missing(exc):
                 raise KeyError(kwargs.get("Key")) from exc
+            if kwargs.get("IfNoneMatch") and _error_code(exc) in _PRECONDITION_FAILED:
+                raise ObjectExists(kwargs.get("Key")) from exc
             raise StorageFault(f"{operation.__name__}: {exc}") from exc
         except BotoCoreError as exc:
             raise StorageFault(f"{operation.__name__}: {exc}") from exc

@@ -31,6 +31,8 @@ def break_the_bucket(storage: Storage, sample: Sample) -> dict[tuple[str, str], 
     tag_key = layout.manifest(NAME, "v1")
     storage.put_bytes(tag_key, sample.tagged.manifest, "application/json", layout.MUTABLE_CACHE)
     missing_layer = layout.blob(NAME, digest(sample.tagged.layers[1]))
+    record = layout.blob_location(digest(sample.tagged.layers[1]))
+    storage.put_bytes(record, NAME.encode(), layout.TEXT, layout.MUTABLE_CACHE)  # as for a blob of share size
     storage.delete(missing_layer)
     liar = layout.manifest(NAME, digest(b"not this manifest"))
     storage.put_bytes(liar, sample.child, OCI_MANIFEST, layout.MANIFEST_CACHE_IMMUTABLE)
@@ -51,7 +53,7 @@ def break_the_bucket(storage: Storage, sample: Sample) -> dict[tuple[str, str], 
         ("stale-document", layout.CATALOG): True,
         ("missing-referrer-entry", signature_entry): True,
         ("missing-index-html", layout.INDEX_HTML): True,
-        ("stale-blob-record", layout.blob_location(digest(sample.tagged.layers[1]))): True,
+        ("stale-blob-record", record): True,
     }
 
 

@@ -33,14 +33,14 @@ class MemoryStore:
         self.sent.append(number)
         return f"etag-{number}"
 
-    def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
+    def complete_multipart(self, key: str, upload_id: str, etags: list[str], *, if_absent: bool = False) -> None:
         parts = self.pending.pop(upload_id)
         self.objects[key] = b"".join(parts[number] for number in range(1, len(etags) + 1))
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         self.pending.pop(upload_id, None)
 
-    def copy(self, source: str, destination: str) -> None:
+    def copy(self, source: str, destination: str, *, if_absent: bool = False) -> None:
         self.objects[destination] = self.objects[source]
 
     def delete(self, key: str) -> None:
