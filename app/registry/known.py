@@ -125,7 +125,7 @@ class Known:
             return answer
         if objects.too_big:
             return await self._head(name, kind, reference)
-        await self._list(name, kind, objects)
+        await self.warm(name)  # a push asks next about the other kind (its manifest, tags): one round trip for both
         return self._recall(objects, reference) if not objects.too_big else await self._head(name, kind, reference)
 
     def _recall(self, objects: _Objects, reference: str) -> int | object | None:

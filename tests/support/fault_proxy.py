@@ -14,6 +14,7 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
@@ -104,14 +105,35 @@ class Seen:
     path: str
     query: str
     fault: Action | None
+    copy: bool = False  # an `x-amz-copy-source` header: CopyObject
+
+    @property
+    def operation(self) -> str:
+        """The S3 operation, told from the method, the query and the copy header as a server would."""
+        keyed = self.path.strip("/").count("/") >= 1
+        params = {part.split("=", 1)[0] for part in self.query.split("&") if part}
+        if self.method == "PUT":
+            if "partNumber" in params:
+                return "UploadPart"
+            return "CopyObject" if self.copy else ("PutObject" if keyed else "CreateBucket")
+        if self.method == "POST":
+            return "CompleteMultipartUpload" if "uploadId" in params else "CreateMultipartUpload"
+        if self.method == "DELETE":
+            return "AbortMultipartUpload" if "uploadId" in params else "DeleteObject"
+        if self.method == "HEAD":
+            return "HeadObject" if keyed else "HeadBucket"
+        if "list-type" in params:
+            return "ListObjectsV2"
+        return "ListMultipartUploads" if "uploads" in params else "GetObject"
 
 
 class FaultProxy:
     """Listen on 127.0.0.1 and forward to `upstream` (`http://host:port`), applying the faults added."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, latency: float = 0.0) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.latency = latency  # seconds added before every request: the round trip to a remote gateway
         self.faults: list[Fault] = []
         self.seen: list[Seen] = []
         self.lock = threading.Lock()
@@ -155,7 +177,25 @@ class FaultProxy:
         with self.lock:
             return sum(probe.matches(s.method, s.path, s.query) for s in self.seen)
 
-    def decide(self, method: str, path: str, query: str) -> Fault | None:
+    def operations(self) -> dict[str, int]:
+        """How many requests of each S3 operation were seen (since the last `clear`)."""
+        with self.lock:
+            return dict(Counter(seen.operation for seen in self.seen))
+
+    def quiet(self, seconds: float = 0.3, timeout: float = 10.0) -> None:
+        """Wait until no request has arrived for `seconds` (background work of a service has settled)."""
+        deadline = time.monotonic() + timeout
+        count = -1
+        while time.monotonic() < deadline:
+            with self.lock:
+                now_seen = len(self.seen)
+            if now_seen == count:
+                return
+            count = now_seen
+            time.sleep(seconds)
+        raise TimeoutError("the proxy never went quiet")
+
+    def decide(self, method: str, path: str, query: str, copy: bool = False) -> Fault | None:
         with self.lock:
             chosen = None
             for fault in self.faults:
@@ -163,7 +203,7 @@ class FaultProxy:
                     chosen = fault
                     fault.hits += 1
                     break
-            self.seen.append(Seen(method, path, query, chosen.action if chosen else None))
+            self.seen.append(Seen(method, path, query, chosen.action if chosen else None, copy))
             return chosen
 
 
@@ -198,8 +238,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         parts = urlsplit(self.path)
-        fault = self.proxy.decide(self.command, unquote(parts.path), parts.query)
+        copy = "x-amz-copy-source" in self.headers
+        fault = self.proxy.decide(self.command, unquote(parts.path), parts.query, copy)
         length = int(self.headers.get("Content-Length") or 0)
+        if self.proxy.latency:
+            time.sleep(self.proxy.latency)
         if fault is None or fault.action == "delay":
             if fault is not None:
                 time.sleep(fault.seconds)

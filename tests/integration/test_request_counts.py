@@ -1,0 +1,146 @@
+"""What a push costs in S3 requests, by operation, for each shape of client: a later change that adds a request
+to a push fails here. Counted by a proxy between the service and SeaweedFS, which also applies Storj's limit of
+about one write per second to a key (so a push that writes one key twice in a second is seen).
+
+The layout needs, for an image of N blobs pushed to a new repository: N blob writes, the manifest by digest and
+by tag, `tags/list`, and the catalog (its entry and the document). Reads: one listing of the repository's blobs
+and one of its manifests when the first HEAD comes, one listing after each derived document is written (the
+check that no concurrent change was lost). `v2/index.html`, the catalog guess and the location records are
+prepared once at start, off any push (`Registry.warm`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.settings import Settings
+from tests.conftest import s3_settings
+from tests.support.fault_proxy import FaultProxy, throttle_writes_per_key
+from tests.support.images import Image, make_layer, oci_ref, write_image
+from tests.support.pushing import OCI_MANIFEST, digest, image_manifest
+from tests.support.registry_server import running_registry
+from tests.support.seaweed import S3Server
+from tests.support.tools import require_tool
+
+LAYERS = 8
+BLOBS = LAYERS + 1  # and the config
+NEW_REPOSITORY_WRITES = {"PutObject": BLOBS + 2 + 1 + 2}  # blobs, manifest by digest and tag, tags/list, catalog
+HEAD_TIME_LISTINGS = 2  # the repository's blobs and manifests, at the first HEAD
+DOCUMENT_CHECKS = 2  # the listing after writing tags/list, and after writing the catalog
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    with FaultProxy(s3_server.endpoint) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def storj_limits(proxy: FaultProxy) -> Iterator[None]:
+    """Storj's per-key write limit: a push that writes one key twice within a second meets `SlowDown`."""
+    throttle = proxy.add(throttle_writes_per_key(1.0, method="PUT"))
+    yield
+    assert throttle.hits == 0, "a push met Storj's per-key write limit (SlowDown)"
+
+
+def proxied_settings(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy) -> Settings:
+    return s3_settings(s3_server, bucket, tmp_path).model_copy(update={"s3_endpoint": proxy.endpoint})
+
+
+@pytest.fixture
+def registry(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy, storj_limits: None) -> Iterator[str]:
+    with running_registry(proxied_settings(s3_server, bucket, tmp_path, proxy)) as url:
+        proxy.quiet()  # the start-up work (Registry.warm) is done
+        proxy.clear()
+        yield url
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Image:
+    layers = [make_layer(seed, 2048 + seed) for seed in range(LAYERS)]
+    return write_image(tmp_path / "src", "1", layers)
+
+
+def skopeo_push(image_dir: Path, url: str, reference: str) -> None:
+    command = [require_tool("skopeo"), "--insecure-policy", "copy", "--dest-tls-verify=false"]
+    command += [oci_ref(image_dir, "1"), f"docker://{url.removeprefix('http://')}/{reference}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_skopeo_push_to_a_new_repository(registry: str, proxy: FaultProxy, tmp_path: Path, image: Image) -> None:
+    skopeo_push(tmp_path / "src", registry, "team/app:1")
+    proxy.quiet()
+    assert proxy.operations() == NEW_REPOSITORY_WRITES | {"ListObjectsV2": HEAD_TIME_LISTINGS + DOCUMENT_CHECKS}
+
+
+def test_retag_of_an_image_already_pushed(
+    s3_server: S3Server, bucket: str, registry: str, proxy: FaultProxy, tmp_path: Path, image: Image
+) -> None:
+    skopeo_push(tmp_path / "src", registry, "team/app:1")
+    with running_registry(proxied_settings(s3_server, bucket, tmp_path, proxy)) as fresh:  # another replica, or a restart: it remembers nothing
+        proxy.quiet()
+        proxy.clear()
+        skopeo_push(tmp_path / "src", fresh, "team/app:2")
+        proxy.quiet()
+        # the tag, then tags/list and its check; the listings of the first HEAD answer every other question
+        assert proxy.operations() == {"PutObject": 2, "ListObjectsV2": HEAD_TIME_LISTINGS + 1}
+
+        proxy.clear()
+        skopeo_push(tmp_path / "src", fresh, "team/app:2")  # the same tag again, as a CI retry does
+        proxy.quiet()
+        assert proxy.operations() == {"PutObject": 1}
+
+
+def docker_style_push(client: httpx.Client, name: str, tag: str, blobs: list[bytes]) -> None:
+    """docker's sequence: HEAD, POST, one streamed PATCH (no length), empty PUT, HEAD again; then the manifest."""
+    for blob in blobs:
+        assert client.head(f"/v2/{name}/blobs/{digest(blob)}").status_code == 404
+        location = client.post(f"/v2/{name}/blobs/uploads/").headers["Location"]
+        patched = client.patch(location, content=iter([blob[: len(blob) // 2], blob[len(blob) // 2 :]]))
+        assert patched.status_code == 202
+        assert client.put(patched.headers["Location"], params={"digest": digest(blob)}).status_code == 201
+        assert client.head(f"/v2/{name}/blobs/{digest(blob)}").status_code == 200
+    manifest = image_manifest(blobs[0], blobs[1:])
+    pushed = client.put(f"/v2/{name}/manifests/{tag}", content=manifest, headers={"Content-Type": OCI_MANIFEST})
+    assert pushed.status_code == 201
+
+
+def monolithic_push(client: httpx.Client, name: str, tag: str, blobs: list[bytes]) -> None:
+    """oras and containerd: HEAD, POST, one PUT with the whole body; then the manifest."""
+    for blob in blobs:
+        assert client.head(f"/v2/{name}/blobs/{digest(blob)}").status_code == 404
+        location = client.post(f"/v2/{name}/blobs/uploads/").headers["Location"]
+        assert client.put(location, params={"digest": digest(blob)}, content=blob).status_code == 201
+    manifest = image_manifest(blobs[0], blobs[1:])
+    pushed = client.put(f"/v2/{name}/manifests/{tag}", content=manifest, headers={"Content-Type": OCI_MANIFEST})
+    assert pushed.status_code == 201
+
+
+@pytest.mark.parametrize("push", [docker_style_push, monolithic_push])
+def test_client_shapes_cost_the_same(registry: str, proxy: FaultProxy, push: object) -> None:
+    blobs = [b'{"architecture":"amd64","os":"linux"}'] + [f"layer {i}".encode() * 500 for i in range(LAYERS)]
+    with httpx.Client(base_url=registry) as client:
+        push(client, "team/app", "1", blobs)  # type: ignore[operator]
+    proxy.quiet()
+    assert proxy.operations() == NEW_REPOSITORY_WRITES | {"ListObjectsV2": HEAD_TIME_LISTINGS + DOCUMENT_CHECKS}
+
+
+def test_mount_is_one_copy(registry: str, proxy: FaultProxy) -> None:
+    blob = b"a layer to mount" * 100
+    with httpx.Client(base_url=registry) as client:
+        location = client.post("/v2/base/blobs/uploads/").headers["Location"]
+        assert client.put(location, params={"digest": digest(blob)}, content=blob).status_code == 201
+        proxy.quiet()
+        proxy.clear()
+        mounted = client.post("/v2/team/app/blobs/uploads/", params={"mount": digest(blob), "from": "base"})
+        assert mounted.status_code == 201
+        missing = client.post("/v2/team/app/blobs/uploads/", params={"mount": digest(b"nowhere"), "from": "base"})
+        assert missing.status_code == 202
+    proxy.quiet()
+    assert proxy.operations() == {"CopyObject": 2}  # one that copied, one that found nothing to copy
