@@ -33,10 +33,17 @@ class Blob:
 
 
 @dataclass(frozen=True)
+class Manifest:
+    blob: Blob
+    media_type: str
+
+
+@dataclass(frozen=True)
 class BenchImage:
     layout: Path
     tag: str
-    blobs: list[Blob]  # config and layers: what a push uploads besides the manifest
+    blobs: list[Blob]  # configs and layers: what a push uploads besides the manifests
+    manifests: list[Manifest]  # in push order: children (by digest) first, the tagged one last
 
     @property
     def ref(self) -> str:
@@ -101,13 +108,41 @@ def _tar_stream(seed: int, size: int) -> Any:
 
 def write_image(layout: Path, tag: str, seed: int, layer_sizes: list[int]) -> BenchImage:
     """An OCI layout holding one image tagged `tag` with layers of the given sizes (seeds `seed`, `seed+1`, ...)."""
+    blobs, manifest = _write_manifest(layout, seed, layer_sizes, "amd64")
+    _tag(layout, tag, manifest)
+    return BenchImage(layout, tag, blobs, [manifest])
+
+
+def write_index(layout: Path, tag: str, seed: int, layer_sizes: list[int], architectures: list[str]) -> BenchImage:
+    """An OCI layout holding a multi-platform index tagged `tag`: one image per architecture, all layers distinct."""
+    blobs: list[Blob] = []
+    children: list[Manifest] = []
+    for number, architecture in enumerate(architectures):
+        image_blobs, child = _write_manifest(layout, seed + number * 100, layer_sizes, architecture)
+        blobs += image_blobs
+        children.append(child)
+    platforms = [{"os": "linux", "architecture": architecture} for architecture in architectures]
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {**_descriptor(OCI_MANIFEST, child.blob), "platform": platform}
+            for child, platform in zip(children, platforms, strict=True)
+        ],
+    }
+    index = Manifest(_json_blob(layout, document), OCI_INDEX)
+    _tag(layout, tag, index)
+    return BenchImage(layout, tag, blobs, [*children, index])
+
+
+def _write_manifest(layout: Path, seed: int, layer_sizes: list[int], architecture: str) -> tuple[list[Blob], Manifest]:
     (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
     layers = [write_layer(layout, seed + i, size) for i, size in enumerate(layer_sizes)]
     config = _json_blob(
         layout,
         {
-            "architecture": "amd64",
+            "architecture": architecture,
             "os": "linux",
             "config": {},
             "rootfs": {"type": "layers", "diff_ids": [diff for _, diff in layers]},
@@ -122,10 +157,16 @@ def write_image(layout: Path, tag: str, seed: int, layer_sizes: list[int]) -> Be
             "layers": [_descriptor(OCI_LAYER_GZIP, blob) for blob, _ in layers],
         },
     )
-    tagged = {**_descriptor(OCI_MANIFEST, manifest), "annotations": {"org.opencontainers.image.ref.name": tag}}
+    return [config, *(blob for blob, _ in layers)], Manifest(manifest, OCI_MANIFEST)
+
+
+def _tag(layout: Path, tag: str, manifest: Manifest) -> None:
+    tagged = {
+        **_descriptor(manifest.media_type, manifest.blob),
+        "annotations": {"org.opencontainers.image.ref.name": tag},
+    }
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [tagged]}
     (layout / "index.json").write_text(json.dumps(index))
-    return BenchImage(layout, tag, [config, *(blob for blob, _ in layers)])
 
 
 def _json_blob(layout: Path, document: dict[str, Any]) -> Blob:

@@ -75,13 +75,19 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_") and k != "AWS_CA_BUNDLE"}
 
 
-def start_service(s3: S3Server, bucket: str, workdir: Path, part_size: int, concurrency: int) -> Registry:
-    """This service as a real `serve` subprocess (its RSS is what the benchmark reports)."""
+def start_service(
+    s3: S3Server, bucket: str, workdir: Path, part_size: int, concurrency: int, endpoint: str | None = None
+) -> Registry:
+    """This service as a real `serve` subprocess (its RSS is what the benchmark reports).
+
+    `endpoint` puts something (a latency proxy) between the service and the store.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = (
         clean_env()
         | s3.registry_environment(bucket)
+        | {"REGISTRY_S3_ENDPOINT": endpoint or s3.endpoint}
         | {
             "REGISTRY_S3_PART_SIZE": str(part_size),
             "REGISTRY_S3_MAX_CONCURRENCY": str(concurrency),
@@ -93,17 +99,17 @@ def start_service(s3: S3Server, bucket: str, workdir: Path, part_size: int, conc
     return _launch("service", command, env, workdir, port, bucket)
 
 
-def start_reference(s3: S3Server, bucket: str, workdir: Path) -> Registry:
-    """`docker-registry serve CONFIG.yml` with the s3 driver on the same SeaweedFS."""
+def start_reference(s3: S3Server, bucket: str, workdir: Path, endpoint: str | None = None) -> Registry:
+    """`docker-registry serve CONFIG.yml` with the s3 driver on the same SeaweedFS (through `endpoint` if given)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "config.yml"
-    config.write_text(json.dumps(reference_config(s3, bucket, port), indent=2))  # JSON is YAML
+    config.write_text(json.dumps(reference_config(s3, bucket, port, endpoint), indent=2))  # JSON is YAML
     command = [require_tool("docker-registry"), "serve", str(config)]
     return _launch("reference", command, clean_env(), workdir, port, bucket)
 
 
-def reference_config(s3: S3Server, bucket: str, port: int) -> dict[str, object]:
+def reference_config(s3: S3Server, bucket: str, port: int, endpoint: str | None = None) -> dict[str, object]:
     return {
         "version": 0.1,
         "log": {"level": "error", "accesslog": {"disabled": True}},
@@ -112,7 +118,7 @@ def reference_config(s3: S3Server, bucket: str, port: int) -> dict[str, object]:
                 "accesskey": s3.access_key,
                 "secretkey": s3.secret_key,
                 "region": s3.region,
-                "regionendpoint": s3.endpoint,
+                "regionendpoint": endpoint or s3.endpoint,
                 "bucket": bucket,
                 "secure": False,
                 "v4auth": True,
