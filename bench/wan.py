@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -127,17 +128,17 @@ def run_case(s3: S3Server, workdir: Path, case: Case, seed: int, args: Any, resu
     image = case.build(workdir / "image", seed)
     bucket = s3.new_bucket(f"bare-{case.key}")
     with storj_proxy(s3, args.latency) as proxy:
-        results.add(case.key, "bare", measure(proxy, lambda: bare_upload(s3, proxy, bucket, image, "bench/app")))
+        results.add(case.key, "bare", measure(proxy, partial(bare_upload, s3, proxy, bucket, image, "bench/app")))
     for client in args.clients.split(","):
         with storj_proxy(s3, args.latency) as proxy:
             service = start_service(s3, s3.new_bucket("svc"), workdir / client, PART_SIZE, CONCURRENCY, proxy.endpoint)
             try:
                 proxy.quiet()  # start-up work (v2/index.html, the catalog, the location records) is not a push
-                push = PUSHERS[client]
-                results.add(case.key, f"service/{client}", measure(proxy, lambda: push(service, image, "bench/app:v1")))
+                push = partial(PUSHERS[client], service, image)
+                results.add(case.key, f"service/{client}", measure(proxy, partial(push, "bench/app:v1")))
                 if case.key == "many" and client == "skopeo":
-                    retag = measure(proxy, lambda: skopeo_push(service, image, "bench/app:v2"))
-                    results.add("retag", "service/skopeo", retag)
+                    retag = partial(skopeo_push, service, image, "bench/app:v2")
+                    results.add("retag", "service/skopeo", measure(proxy, retag))
             finally:
                 service.stop()
     if not args.no_reference:
@@ -145,13 +146,10 @@ def run_case(s3: S3Server, workdir: Path, case: Case, seed: int, args: Any, resu
             reference = start_reference(s3, s3.new_bucket("ref"), workdir / "reference", proxy.endpoint)
             try:
                 proxy.quiet()
-                results.add(
-                    case.key, "distribution", measure(proxy, lambda: skopeo_push(reference, image, "bench/app:v1"))
-                )
+                push = partial(skopeo_push, reference, image)
+                results.add(case.key, "distribution", measure(proxy, partial(push, "bench/app:v1")))
                 if case.key == "many":
-                    results.add(
-                        "retag", "distribution", measure(proxy, lambda: skopeo_push(reference, image, "bench/app:v2"))
-                    )
+                    results.add("retag", "distribution", measure(proxy, partial(push, "bench/app:v2")))
             finally:
                 reference.stop()
     if case.key == "many":

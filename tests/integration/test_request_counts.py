@@ -83,7 +83,8 @@ def test_retag_of_an_image_already_pushed(
     s3_server: S3Server, bucket: str, registry: str, proxy: FaultProxy, tmp_path: Path, image: Image
 ) -> None:
     skopeo_push(tmp_path / "src", registry, "team/app:1")
-    with running_registry(proxied_settings(s3_server, bucket, tmp_path, proxy)) as fresh:  # another replica, or a restart: it remembers nothing
+    fresh_settings = proxied_settings(s3_server, bucket, tmp_path, proxy)
+    with running_registry(fresh_settings) as fresh:  # another replica, or a restart: it remembers nothing
         proxy.quiet()
         proxy.clear()
         skopeo_push(tmp_path / "src", fresh, "team/app:2")

@@ -21,7 +21,7 @@ DATA = b"shared base layer" * 64
 def wait_for_key(bucket_view: BucketView, key: str, timeout: float = 10.0) -> None:
     """Records are written after the client has its answer: give the background write a moment."""
     deadline = time.monotonic() + timeout
-    while key not in bucket_view.keys():
+    while key not in set(bucket_view.keys()):
         assert time.monotonic() < deadline, f"{key} never appeared"
         time.sleep(0.05)
 
