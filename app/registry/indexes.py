@@ -165,21 +165,19 @@ class Indexes:
         """Remember the published catalog (at start): the guess a new repository's catalog rebuild starts from."""
         self._catalog_guess = set(await self.catalog())
 
-    async def add_to_catalog(self, name: str, *, new: bool) -> None:
-        """Make sure `name` is in the catalog; `new` says a listing found the repository without manifests.
+    async def add_to_catalog(self, name: str) -> None:
+        """Make sure `name` is in the catalog.
 
-        A repository this process already added, or that held manifests (so an earlier push added it), costs
-        nothing. One of unknown history costs a create-only write of its entry, which fails when it is there.
+        A repository this process already added, or found in the catalog published when it started, costs
+        nothing. Any other writes its entry (create-only) and rebuilds the catalog from the guess it keeps, which
+        also repairs a catalog that a crash left without an entry's repository.
         """
-        if name in self._in_catalog:
+        if name in self._in_catalog or (self._catalog_guess is not None and name in self._catalog_guess):
+            self._in_catalog.add(name)
             return
-        try:
+        with contextlib.suppress(ObjectExists):
             await run(partial(self.storage.put_bytes, if_absent=True), layout.catalog_entry(name), b"", *_ENTRY)
-        except ObjectExists:
-            if not new:
-                self._in_catalog.add(name)
-                return
-        await self._rebuild_catalog(self._catalog_guess | {name} if self._catalog_guess is not None else None)
+        await self._rebuild_catalog((self._catalog_guess or set()) | {name})
         self._in_catalog.add(name)
 
     async def _rebuild_catalog(self, guess: set[str] | None = None) -> None:

@@ -149,12 +149,6 @@ class Known:
             return None
         return {reference for reference in manifests.seen if ":" not in reference}
 
-    def listed_empty(self, name: str) -> bool:
-        """Did the repository hold no manifest at all when last listed (so it is new to the catalog)?"""
-        manifests = self._repository(name).manifests
-        listed = manifests.listed_at > -math.inf and not manifests.too_big
-        return listed and not any(not seen.written for seen in manifests.seen.values())
-
     # vouching for a manifest's references -----------------------------------------------------------------
 
     def vouched(self, name: str, kind: Kind, reference: str) -> bool:

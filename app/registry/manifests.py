@@ -56,7 +56,7 @@ class Manifests:
         await self._require_references(name, manifest)
         await self.indexes.ensure_index_html()
         await self._write_by_digest(name, digest, body, manifest.media_type)
-        steps = [self._add_to_catalog(name)]
+        steps = [self.indexes.add_to_catalog(name)]
         if not is_digest(reference):
             steps.append(self._write_tag(name, reference, body, manifest.media_type))
         if manifest.subject is not None:
@@ -84,11 +84,6 @@ class Manifests:
         if self.known.deletes_enabled or known_tags is None or tag not in known_tags:
             await self.indexes.refresh_tags(name, None if known_tags is None else known_tags | {tag})
         self.known.wrote(name, Kind.MANIFEST, tag, len(body))
-
-    async def _add_to_catalog(self, name: str) -> None:
-        if self.known.tags(name) is not None and not self.known.listed_empty(name):
-            return  # it held manifests already, so an earlier push put it in the catalog
-        await self.indexes.add_to_catalog(name, new=self.known.listed_empty(name))
 
     @staticmethod
     def _digest_for(reference: str, body: bytes) -> str:
