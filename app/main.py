@@ -28,6 +28,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     warming.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await warming
+    await registry.blobs.publishing.drain()
     await registry.records.settle()
 
 

@@ -102,6 +102,7 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=64 * 1024, ge=4096)
     share_blobs: bool = True
     share_min_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
+    publish_in_background: bool = True
 
     @field_validator("s3_prefix")
     @classmethod

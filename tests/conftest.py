@@ -28,7 +28,14 @@ def bucket(s3_server: S3Server) -> str:
     return s3_server.new_bucket("reg")
 
 
+# Tests of the registry's logic look into the bucket right after a blob's 201, so they publish before answering;
+# the default (publishing behind the answer) is proven where it matters: real clients (e2e), request counts,
+# replicas, faults and crashes (tests/integration/test_background_publishing.py).
+SYNCHRONOUS = {"publish_in_background": False}
+
+
 def s3_settings(s3_server: S3Server, bucket: str, tmp_path: Path, **extra: object) -> Settings:
+    extra = SYNCHRONOUS | extra
     return Settings(
         storage="s3",
         s3_endpoint=s3_server.endpoint,
@@ -42,6 +49,7 @@ def s3_settings(s3_server: S3Server, bucket: str, tmp_path: Path, **extra: objec
 
 
 def filesystem_settings(tmp_path: Path, **extra: object) -> Settings:
+    extra = SYNCHRONOUS | extra
     return Settings(storage="filesystem", data_dir=tmp_path / "data", staging_dir=tmp_path / "staging", **extra)
 
 

@@ -95,8 +95,10 @@ async def upload_chunk(name: str, upload_id: str, request: Request, registry: Re
 @router.put("/v2/{name:path}/blobs/uploads/{upload_id}")
 async def finish_upload(name: str, upload_id: str, request: Request, registry: RegistryDep) -> Response:
     check_name(name)
-    upload = registry.uploads.get(name, upload_id)
     digest = request.query_params.get("digest")
+    if digest and registry.uploads.verified_digest(name, upload_id) == digest:
+        return blob_created(name, digest)  # the retry of a final PUT already answered 201 (its answer was lost)
+    upload = registry.uploads.get(name, upload_id)
     if not digest:
         raise DigestInvalid("digest query parameter is required to finish an upload")
     check_digest(digest)

@@ -31,12 +31,13 @@ class Registry:
     manifests: Manifests
 
     async def warm(self) -> None:
-        """At start, off any push's path: `v2/index.html`, the catalog and the blob location records."""
+        """At start, off any push's path, read what pushes will ask: whether `v2/index.html` is there, the
+        catalog, the blob location records."""
         try:
-            await self.indexes.ensure_index_html()
+            await self.indexes.check_index_html()
             await self.indexes.load_catalog()
-        except StorageFault as exc:  # the store may come back; pushes then do this on their way
-            log.warning("could not prepare the bucket at start: %s", exc)
+        except StorageFault as exc:  # the store may come back; pushes then read what they need
+            log.warning("could not read the catalog at start: %s", exc)
         if self.settings.share_blobs:
             await self.records.load()
 
@@ -54,6 +55,7 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
     indexes = Indexes(storage)
     known = Known(storage, deletes_enabled=settings.delete_enabled)
     records = LocationRecords(storage, settings.share_min_bytes)
+    blobs = Blobs(storage, uploads, indexes, known, records, in_background=settings.publish_in_background)
     return Registry(
         settings=settings,
         storage=storage,
@@ -61,6 +63,6 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
         indexes=indexes,
         known=known,
         records=records,
-        blobs=Blobs(storage, uploads, indexes, known, records),
-        manifests=Manifests(storage, indexes, known, settings.max_manifest_descriptors),
+        blobs=blobs,
+        manifests=Manifests(storage, indexes, known, blobs.publishing, settings.max_manifest_descriptors),
     )

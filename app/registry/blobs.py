@@ -18,9 +18,10 @@ from app.metrics import COMMIT_SECONDS, COMMITTED_BLOBS
 from app.registry.indexes import Indexes
 from app.registry.keyed_locks import KeyedLocks
 from app.registry.known import Kind, Known
+from app.registry.publishing import Publishing
 from app.registry.sharing import LocationRecords
 from app.registry.uploads import Upload, Uploads
-from app.storage import ObjectExists, ObjectInfo, Storage
+from app.storage import ObjectExists, ObjectInfo, Storage, StorageFault
 
 log = logging.getLogger("storj_registry")
 
@@ -32,8 +33,16 @@ MAX_TOMBSTONES = 4096
 
 class Blobs:
     def __init__(
-        self, storage: Storage, uploads: Uploads, indexes: Indexes, known: Known, records: LocationRecords
+        self,
+        storage: Storage,
+        uploads: Uploads,
+        indexes: Indexes,
+        known: Known,
+        records: LocationRecords,
+        *,
+        in_background: bool = True,
     ) -> None:
+        self.in_background = in_background
         self.storage = storage
         self.uploads = uploads
         self.indexes = indexes
@@ -43,10 +52,13 @@ class Blobs:
         self._publishing = KeyedLocks()
         # Blobs deleted from a repository through the API: a HEAD there must not share them back (bounded).
         self._deleted: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.publishing = Publishing(uploads, self._publish_verified)
 
     async def require(self, name: str, digest: str, share_from: SourceCheck | None = None) -> ObjectInfo:
         """The blob's info, or BLOB_UNKNOWN; with `share_from`, first try copying it from another repository."""
-        size = await self.known.size(name, Kind.BLOB, digest)
+        size = self.publishing.size(name, digest)
+        if size is None:
+            size = await self.known.size(name, Kind.BLOB, digest)
         if size is None and share_from is not None and (name, digest) not in self._deleted:
             size = await self.share(name, digest, share_from)
         if size is None:
@@ -55,6 +67,7 @@ class Blobs:
         return ObjectInfo(size, layout.OCTET_STREAM, layout.MANIFEST_CACHE_IMMUTABLE)
 
     async def open(self, name: str, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        await self.publishing.settle(name, [digest])
         try:
             return await run(self.storage.read, layout.blob(name, digest), start, end)
         except KeyError:  # removed since memory last saw it
@@ -62,17 +75,42 @@ class Blobs:
             raise BlobUnknown("blob unknown to registry", detail={"digest": digest}) from None
 
     async def commit(self, upload: Upload, digest: str) -> int:
-        """Verify a finished upload and publish it under its digest; the bucket is untouched on mismatch."""
+        """Verify a finished upload and publish it under its digest; the bucket is untouched on mismatch.
+
+        With `REGISTRY_PUBLISH_IN_BACKGROUND` (the default) the write to the bucket goes on behind the client's
+        answer (see app/registry/publishing.py for why, and why that is safe); otherwise the answer waits for it.
+        """
+        if not self.in_background:
+            async with self.uploads.lock(upload):
+                size = await self.uploads.verify(upload, digest)
+                await self._publish_locked(upload, digest, size)
+            self._published(upload.name, digest, size)
+            return size
         async with self.uploads.lock(upload):
             size = await self.uploads.verify(upload, digest)
-            key = layout.blob(upload.name, digest)
-            async with self._publishing.hold(key):
-                await self._publish(upload, key, size)
-            await self.uploads.discard(upload)
-        self.known.wrote(upload.name, Kind.BLOB, digest, size)
-        self._deleted.pop((upload.name, digest), None)
-        self.records.remember(upload.name, digest, size)
+            await run(self.uploads.mark_verified, upload, digest, size)
+        self.publishing.start(upload, digest, size)
         return size
+
+    async def _publish_verified(self, upload: Upload, digest: str, size: int) -> None:
+        """Write a session verified and acknowledged earlier to the bucket (the background half of `commit`)."""
+        async with self.uploads.lock(upload):
+            if upload.data.exists():
+                await self._publish_locked(upload, digest, size)
+            elif await run(self.storage.stat, layout.blob(upload.name, digest)) is None:
+                raise StorageFault(f"the verified upload of {digest} vanished from the staging disk unpublished")
+        self._published(upload.name, digest, size)
+
+    async def _publish_locked(self, upload: Upload, digest: str, size: int) -> None:
+        key = layout.blob(upload.name, digest)
+        async with self._publishing.hold(key):
+            await self._publish(upload, key, size)
+        await self.uploads.discard(upload)
+
+    def _published(self, name: str, digest: str, size: int) -> None:
+        self.known.wrote(name, Kind.BLOB, digest, size)
+        self._deleted.pop((name, digest), None)
+        self.records.remember(name, digest, size)
 
     async def _publish(self, upload: Upload, key: str, size: int) -> None:
         """Write a verified upload at `key` (create-only), unless it is known to be there already."""
@@ -115,6 +153,7 @@ class Blobs:
         """
         if self.known.vouched(name, Kind.BLOB, digest):
             return True
+        await self.publishing.settle(source, [digest])
         await self.indexes.ensure_index_html()
         try:
             await run(self._copy, layout.blob(source, digest), layout.blob(name, digest))
@@ -133,6 +172,7 @@ class Blobs:
         self.storage.copy(source, destination, if_absent=True)
 
     async def delete(self, name: str, digest: str) -> None:
+        await self.publishing.settle(name, [digest])
         await self.require(name, digest)
         await run(self.storage.delete, layout.blob(name, digest))
         self.known.forget(name, Kind.BLOB, digest)

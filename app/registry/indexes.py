@@ -116,6 +116,11 @@ class Indexes:
                     await run(self._put_index_html)
             self._index_html_written = True
 
+    async def check_index_html(self) -> None:
+        """Learn (one read, at start) whether `v2/index.html` is there, so that no push has to write it."""
+        if await run(self.storage.stat, layout.INDEX_HTML) is not None:
+            self._index_html_written = True
+
     def _put_index_html(self) -> None:
         self.storage.put_bytes(layout.INDEX_HTML, b"", layout.HTML, layout.MUTABLE_CACHE, if_absent=True)
 

@@ -20,6 +20,7 @@ from app.errors import ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
 from app.registry.formats import Manifest, parse_manifest
 from app.registry.indexes import Indexes
 from app.registry.known import Kind, Known
+from app.registry.publishing import Publishing
 from app.registry.references import algorithm_of, digest_of, is_digest, sha256_digest
 from app.storage import ObjectExists, Storage
 
@@ -41,11 +42,17 @@ class PutResult:
 
 class Manifests:
     def __init__(
-        self, storage: Storage, indexes: Indexes, known: Known, max_descriptors: int | None = None
+        self,
+        storage: Storage,
+        indexes: Indexes,
+        known: Known,
+        publishing: Publishing,
+        max_descriptors: int | None = None,
     ) -> None:
         self.storage = storage
         self.indexes = indexes
         self.known = known
+        self.publishing = publishing
         self.max_descriptors = max_descriptors
 
     async def put(self, name: str, reference: str, body: bytes, content_type: str | None) -> PutResult:
@@ -100,6 +107,7 @@ class Manifests:
 
     async def _require_references(self, name: str, manifest: Manifest) -> None:
         blobs = [d.digest for d in manifest.blobs if not d.external]
+        await self.publishing.settle(name, blobs)  # blobs acknowledged to the client, still on their way
         missing = await self.known.missing(name, blobs, [d.digest for d in manifest.children])
         if missing:
             raise ManifestBlobUnknown(

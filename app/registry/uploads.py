@@ -40,6 +40,8 @@ from app.registry.references import ALGORITHMS, algorithm_of
 log = logging.getLogger("storj_registry")
 
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+VERIFIED = "verified"  # in a session directory: the digest its bytes were verified as
+VERIFIED_MARKERS = "verified"  # <staging>/verified/<digest>/<upload id>: {"name", "size"} of verified sessions
 WRITE_BATCH = 1024 * 1024
 IOV_MAX = 1024
 HASH_READ = 4 * 1024 * 1024
@@ -144,6 +146,8 @@ class Uploads:
             raise BlobUploadUnknown("unknown upload", detail={"uuid": upload_id}) from None
         if state.get("name") != name:
             raise BlobUploadUnknown("upload belongs to another repository", detail={"uuid": upload_id})
+        if (directory / VERIFIED).exists():
+            raise BlobUploadUnknown("upload already completed", detail={"uuid": upload_id})
         return Upload(upload_id, name, directory)
 
     def size(self, upload: Upload) -> int:
@@ -173,7 +177,7 @@ class Uploads:
         self._parts.pop(upload.id, None)
         self._hashes.pop(upload.id, None)
         self._locks.pop(upload.id, None)
-        shutil.rmtree(upload.directory, ignore_errors=True)
+        self._remove(upload.directory)
 
     def parts_of(self, upload: Upload) -> StagedParts | None:
         """The session's overlapped multipart upload (None without an S3 backend)."""
@@ -225,8 +229,54 @@ class Uploads:
         self._parts.pop(session.id, None)
         self._hashes.pop(session.id, None)
         self._locks.pop(session.id, None)
-        shutil.rmtree(directory, ignore_errors=True)
+        self._remove(directory)
         return True
+
+    def _remove(self, directory: Path) -> None:
+        """Delete a session directory, and its verified marker first (so no replica tries to publish it)."""
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            marker = self._marker((directory / VERIFIED).read_text(), directory.name)
+            marker.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                marker.parent.rmdir()  # when no other session holds this digest
+        shutil.rmtree(directory, ignore_errors=True)
+
+    # verified sessions: acknowledged to the client, on their way to the bucket (app.registry.publishing) ------
+
+    def mark_verified(self, upload: Upload, digest: str, size: int) -> None:
+        """Record that the session's bytes are verified as `digest`: it takes no more data, and any replica that
+        shares the staging disk can publish it (`find_verified`)."""
+        (upload.directory / VERIFIED).write_text(digest)
+        marker = self._marker(digest, upload.id)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"name": upload.name, "size": size}))
+
+    def verified_digest(self, name: str, upload_id: str) -> str | None:
+        """The digest a session of `name` was verified as, or None (not verified, unknown, another repository)."""
+        if not UPLOAD_ID_RE.fullmatch(upload_id):
+            return None
+        try:
+            digest = (self.root / upload_id / VERIFIED).read_text()
+            state = json.loads((self.root / upload_id / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return digest if state.get("name") == name else None
+
+    def find_verified(self, name: str, digest: str) -> tuple[Upload, int] | None:
+        """A session of `name` verified as `digest` and not yet published, with its size."""
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for marker in (self.root / VERIFIED_MARKERS / digest).iterdir():
+                try:
+                    found = json.loads(marker.read_text())
+                except (OSError, ValueError):
+                    continue
+                upload = Upload(marker.name, name, self.root / marker.name)
+                if found.get("name") == name and UPLOAD_ID_RE.fullmatch(marker.name) and upload.data.exists():
+                    return upload, int(found["size"])
+        return None
+
+    def _marker(self, digest: str, upload_id: str) -> Path:
+        return self.root / VERIFIED_MARKERS / digest / upload_id
 
     def _describe(self, directory: Path) -> StagedSession:
         """What a session directory holds; a half-written or damaged one still gets listed (and can be purged)."""

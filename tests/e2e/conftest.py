@@ -52,7 +52,8 @@ def e2e_settings(
     s3_server: S3Server, e2e_bucket: str, static: StaticBucketServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
     """A production-like configuration: blob GETs through the service redirect to the public (static) URL."""
-    return s3_settings(s3_server, e2e_bucket, tmp_path_factory.mktemp("e2e-service"), public_url=static.url)
+    service = tmp_path_factory.mktemp("e2e-service")
+    return s3_settings(s3_server, e2e_bucket, service, public_url=static.url, publish_in_background=True)
 
 
 @pytest.fixture(scope="session")

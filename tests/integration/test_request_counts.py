@@ -3,10 +3,10 @@ to a push fails here. Counted by a proxy between the service and SeaweedFS, whic
 about one write per second to a key (so a push that writes one key twice in a second is seen).
 
 The layout needs, for an image of N blobs pushed to a new repository: N blob writes, the manifest by digest and
-by tag, `tags/list`, and the catalog (its entry and the document). Reads: one listing of the repository's blobs
-and one of its manifests when the first HEAD comes, one listing after each derived document is written (the
-check that no concurrent change was lost). `v2/index.html`, the catalog guess and the location records are
-prepared once at start, off any push (`Registry.warm`).
+by tag, `tags/list`, and the catalog (its entry and the document); `v2/index.html` once per process (create-only).
+Reads: one listing of the repository's blobs and one of its manifests when the first HEAD comes, one listing after
+each derived document is written (the check that no concurrent change was lost). The catalog and the location
+records are read once at start, off any push (`Registry.warm`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from tests.support.tools import require_tool
 
 LAYERS = 8
 BLOBS = LAYERS + 1  # and the config
-NEW_REPOSITORY_WRITES = {"PutObject": BLOBS + 2 + 1 + 2}  # blobs, manifest by digest and tag, tags/list, catalog
+# blobs, manifest by digest and tag, tags/list, catalog entry and document, and v2/index.html (once per process)
+NEW_REPOSITORY_WRITES = {"PutObject": BLOBS + 2 + 1 + 2 + 1}
 HEAD_TIME_LISTINGS = 2  # the repository's blobs and manifests, at the first HEAD
 DOCUMENT_CHECKS = 2  # the listing after writing tags/list, and after writing the catalog
 
@@ -49,7 +50,8 @@ def storj_limits(proxy: FaultProxy) -> Iterator[None]:
 
 
 def proxied_settings(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy) -> Settings:
-    return s3_settings(s3_server, bucket, tmp_path).model_copy(update={"s3_endpoint": proxy.endpoint})
+    settings = s3_settings(s3_server, bucket, tmp_path, publish_in_background=True)  # the default
+    return settings.model_copy(update={"s3_endpoint": proxy.endpoint})
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import pty
@@ -28,6 +29,7 @@ from app.edge import QuietProtocolErrors
 from app.registry.uploads import Uploads
 from app.storage.filesystem import FilesystemStorage
 from tests.ops._service import REPOSITORY_ROOT, ServiceProcess, s3_environment
+from tests.support.pushing import OCI_MANIFEST
 from tests.support.seaweed import S3Server
 from tests.support.tools import free_port
 
@@ -222,6 +224,18 @@ def push_one_blob(url: str) -> httpx.Response:
     return httpx.post(f"{url}/v2/front/door/blobs/uploads/?digest={digest}", content=body, timeout=60)
 
 
+def push_one_image(url: str) -> httpx.Response:
+    """A blob, then a manifest naming it: the blob is acknowledged once verified and written behind the answer,
+    so with the store down it is the manifest (which waits for its blobs) that carries the store's problem."""
+    blob = push_one_blob(url)
+    if blob.status_code != 201:
+        return blob
+    config = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob.headers["Docker-Content-Digest"]}
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {**config, "size": 11}, "layers": []}
+    headers = {"Content-Type": OCI_MANIFEST}
+    return httpx.put(f"{url}/v2/front/door/manifests/v1", content=json.dumps(manifest), headers=headers, timeout=60)
+
+
 def wait_for_log(service: ServiceProcess, words: str, seconds: float = 20) -> str:
     deadline = time.monotonic() + seconds
     while words not in service.log() and time.monotonic() < deadline:
@@ -246,7 +260,7 @@ def test_an_unusable_store_is_a_warning_at_start_and_named_in_the_push_error(
         service.wait_ready()
         log = wait_for_log(service, "the store is not usable")
         assert f"WARNING storj_registry: the store is not usable: {expected}" in log, log
-        answer = push_one_blob(service.url)
+        answer = push_one_image(service.url)
     finally:
         service.stop()
     assert answer.status_code == 503
