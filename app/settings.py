@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     staging_min_free_bytes: int = Field(default=512 * MiB, ge=0)
     max_uploads_per_client: int = Field(default=64, ge=0)
     upload_idle_timeout: float = Field(default=60, gt=0)
+    min_body_rate: int = Field(default=1024, ge=0)
+    request_head_timeout: float = Field(default=20, gt=0)
     max_header_bytes: int = Field(default=64 * 1024, ge=4096)
     share_blobs: bool = True
 
