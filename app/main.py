@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 
 from app import edge
 from app.api import base, blobs, health, manifests, tags, uploads
 from app.api.health import Readiness
+from app.events import Notifier
 from app.lifecycle import Drain
 from app.observability import RequestObserver, instrument_storage
 from app.registry import Registry, build_registry
@@ -16,12 +20,11 @@ from app.settings import Settings, load_settings
 
 def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
     settings = settings or load_settings()
-    app = FastAPI(
-        title="storj-registry", docs_url=None, redoc_url=None, openapi_url=None, lifespan=purging_abandoned_uploads
-    )
+    app = FastAPI(title="storj-registry", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.settings = settings
     edge.install(app, settings)  # auth, limits, proxy headers: before the routers, which it guards
     app.state.registry = registry or build_registry(settings)
+    app.state.notifier = Notifier(settings)
     app.state.drain = Drain()
     app.state.readiness = Readiness(app.state.registry.storage, app.state.registry.uploads.root)
     instrument_storage(app.state.registry.storage)
@@ -32,3 +35,15 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     # Added last, so outermost: it sees every answer, those of other middlewares included.
     app.add_middleware(RequestObserver)
     return app
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """While the app serves: the purge of abandoned uploads, and event delivery (leftovers kept at the end)."""
+    notifier: Notifier = app.state.notifier
+    async with purging_abandoned_uploads(app):
+        notifier.start()
+        try:
+            yield
+        finally:
+            await notifier.stop()

@@ -29,3 +29,15 @@ STORAGE_ERRORS = Counter(
     ["operation"],
 )
 STORAGE_FAULTS = Counter("registry_storage_faults", "Client requests answered 503 because the storage failed")
+
+# Events (app/events), labelled by the configured endpoint's name: a bounded set.
+EVENTS_SENT = Counter("registry_events_sent", "Events a receiver accepted", ["endpoint"])
+EVENTS_DROPPED = Counter(
+    "registry_events_dropped", "Events dropped because the endpoint's queue was full", ["endpoint"]
+)
+EVENTS_FAILURES = Counter(
+    "registry_events_delivery_failures",
+    "Failed deliveries (refused, timed out, unreachable), retried",
+    ["endpoint"],
+)
+EVENTS_PENDING = Gauge("registry_events_pending", "Events waiting for delivery", ["endpoint"])

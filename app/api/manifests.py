@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from app import layout
+from app.api import notify
 from app.api.deps import RegistryDep
 from app.errors import RegistryError, Unsupported
 from app.registry.references import check_name, check_reference
@@ -50,6 +51,7 @@ async def put_manifest(name: str, reference: str, request: Request, registry: Re
     check_reference(reference)
     body = await read_limited(request, registry.settings.max_manifest_bytes)
     result = await registry.manifests.put(name, reference, body, request.headers.get("content-type"))
+    notify.manifest_pushed(request, name, reference, result.digest, body)
     headers = {"Location": f"/{layout.manifest(name, result.digest)}", "Docker-Content-Digest": result.digest}
     if result.subject:
         headers["OCI-Subject"] = result.subject
@@ -57,10 +59,11 @@ async def put_manifest(name: str, reference: str, request: Request, registry: Re
 
 
 @router.delete("/v2/{name:path}/manifests/{reference}")
-async def delete_manifest(name: str, reference: str, registry: RegistryDep) -> Response:
+async def delete_manifest(name: str, reference: str, request: Request, registry: RegistryDep) -> Response:
     check_name(name)
     check_reference(reference)
     if not registry.settings.delete_enabled:
         raise Unsupported("deletes are disabled on this registry")
     await registry.manifests.delete(name, reference)
+    notify.manifest_deleted(request, name, reference)
     return Response(status_code=202)

@@ -40,6 +40,15 @@ from app.tools.inventory import (
 DEFAULT_GRACE_SECONDS = 24 * 3600
 
 
+@dataclass(frozen=True)
+class Removal:
+    """A manifest or blob gc deleted (what `storj-registry gc` announces as events)."""
+
+    repository: str
+    digest: str
+    media_type: str
+
+
 @dataclass
 class Report:
     repositories: int = 0
@@ -49,6 +58,7 @@ class Report:
     recent: int = 0
     deleted: int = 0
     skipped: list[str] = field(default_factory=list)
+    removed: list[Removal] = field(default_factory=list)
 
     def summary(self, delete: bool) -> str:
         outcome = f"{self.deleted} deleted" if delete else f"{self.garbage - self.recent} would be deleted (dry run)"
@@ -155,14 +165,17 @@ class Collector:
             self.report.garbage -= sum(digest in alive.manifests for digest in old)
         dropped = [digest for digest in old if digest not in alive.manifests]
         for digest in dropped:
-            self.remove(layout.manifest(name, digest), partial(self.forget_manifest, name, alive.by_digest[digest]))
+            item = alive.by_digest[digest]
+            if self.remove(layout.manifest(name, digest), partial(self.forget_manifest, name, item)):
+                self.report.removed.append(Removal(name, digest, item.manifest.media_type if item.manifest else ""))
         candidates = sorted(repository.blobs - alive.blobs)
         if self.delete and dropped and candidates:
             alive = self.look_again(name, set(dropped))
             if alive.unreadable:
                 return
         for digest in self.old_enough([d for d in candidates if d not in alive.blobs], partial(layout.blob, name)):
-            self.remove(layout.blob(name, digest), partial(self.storage.delete, layout.blob(name, digest)))
+            if self.remove(layout.blob(name, digest), partial(self.storage.delete, layout.blob(name, digest))):
+                self.report.removed.append(Removal(name, digest, layout.OCTET_STREAM))
             self.deleted_blobs.add(digest)
 
     def look_again(self, name: str, dropped: set[str]) -> Reachability:
@@ -197,13 +210,15 @@ class Collector:
                 old.append(name)
         return old
 
-    def remove(self, key: str, delete: Callable[[], None]) -> None:
+    def remove(self, key: str, delete: Callable[[], None]) -> bool:
+        """Delete (True), or only report in a dry run (False)."""
         if not self.delete:
             print(f"would-delete {key}", file=self.out, flush=True)
-            return
+            return False
         delete()
         self.report.deleted += 1
         print(f"deleted {key}", file=self.out, flush=True)
+        return True
 
     def forget_manifest(self, name: str, item: StoredManifest) -> None:
         """Delete a manifest by digest, and its entry in the referrers index of its subject."""
