@@ -51,6 +51,7 @@ class Removal:
 
 @dataclass
 class Report:
+    keys: int = 0  # every key of the store (0: nothing was ever pushed there)
     repositories: int = 0
     manifests: int = 0
     blobs: int = 0
@@ -251,5 +252,6 @@ def gc(
     out = out or sys.stdout
     inventory = take_inventory(storage, progress)
     report = Collector(storage, grace_seconds, delete, out, progress).collect(inventory)
+    report.keys = inventory.keys
     progress.say(report.summary(delete))
     return report
