@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-RECEIVED_BYTES = Counter("registry_received_bytes", "Blob bytes received from clients (upload bodies)", ["repository"])
+# No label comes from a client's names: any string can name a repository, so such labels would grow without bound,
+# and /metrics is open, so they would tell anyone the names of private repositories.
+RECEIVED_BYTES = Counter("registry_received_bytes", "Blob bytes received from clients (upload bodies)")
 COMMITTED_BLOBS = Counter("registry_committed_blobs", "Blobs committed to storage", ["how"])
 COMMIT_SECONDS = Histogram(
     "registry_commit_seconds",
