@@ -118,6 +118,7 @@ class Settings(BaseSettings):
     max_blob_bytes: int = Field(default=10 * 1024 * MiB, ge=1)
     staging_min_free_bytes: int = Field(default=512 * MiB, ge=0)
     max_uploads_per_client: int = Field(default=64, ge=0)
+    max_sessions_per_client: int = Field(default=256, ge=0)
     upload_idle_timeout: float = Field(default=60, gt=0)
     min_body_rate: int = Field(default=1024, ge=0)
     request_head_timeout: float = Field(default=20, gt=0)

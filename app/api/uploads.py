@@ -10,6 +10,7 @@ from app.api.deps import RegistryDep, decimal
 from app.api.ranges import parse_content_range
 from app.auth import allowed
 from app.auth.access import PULL
+from app.auth.gate import client_address
 from app.errors import DigestInvalid
 from app.lifecycle import accepting_uploads
 from app.registry import Registry
@@ -74,7 +75,7 @@ async def start_upload(name: str, request: Request, registry: RegistryDep) -> Re
     if digest is not None:
         check_digest(digest)
     request.app.state.staging_limits.check_free()
-    upload = registry.uploads.create(name)
+    upload = await registry.client_sessions.open(name, client_address(request))
     if digest is not None:
         try:
             await receive(registry, upload, request)

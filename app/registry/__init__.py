@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.registry.blobs import Blobs
+from app.registry.client_sessions import ClientSessions
 from app.registry.indexes import Indexes
 from app.registry.manifests import Manifests
 from app.registry.parts import PartSender
@@ -22,6 +23,7 @@ class Registry:
     indexes: Indexes
     blobs: Blobs
     manifests: Manifests
+    client_sessions: ClientSessions
 
 
 def open_uploads(settings: Settings, storage: Storage | None, *, create: bool = True) -> Uploads:
@@ -42,4 +44,5 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
         indexes=indexes,
         blobs=Blobs(storage, uploads, indexes),
         manifests=Manifests(storage, indexes, settings.max_manifest_descriptors),
+        client_sessions=ClientSessions(uploads, settings.max_sessions_per_client),
     )
