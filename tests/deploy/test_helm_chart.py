@@ -12,6 +12,7 @@ import copy
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,7 +82,26 @@ TOKEN_AUTH: dict[str, Any] = {
     "trustedProxies": "10.0.0.0/8, 192.168.0.0/16",
     "serviceUrl": "https://push.example.com",
 }
+GITHUB = "https://token.actions.githubusercontent.com"
+CI_RULES = (
+    f"rules:\n  - issuer: {GITHUB}\n    claims: {{repository_owner: acme}}\n"
+    "    repositories: ['acme/*']\n    actions: [push]\n"
+)
+RECEIVER = {
+    "name": "deploys",
+    "url": "https://deploy.example.com/hook",
+    "secret": "receiver-shared-secret",
+    "headers": {"Authorization": "Bearer receiver-token"},
+    "events": ["manifest.push"],
+    "repositories": ["prod/*"],
+}
+OIDC_EVENTS: dict[str, Any] = {
+    **S3,
+    "auth": {"access": CI_RULES, "oidc": {"issuers": [{"issuer": GITHUB, "audience": "push.example.com"}]}},
+    "events": {"endpoints": [RECEIVER], "auditLog": "/dev/stdout"},
+}
 VALUE_SETS: dict[str, dict[str, Any]] = {
+    "oidc-events": OIDC_EVENTS,
     "defaults": {},
     "token-auth": TOKEN_AUTH,
     "ingress-tls": INGRESS_TLS,
@@ -664,3 +684,32 @@ def test_the_ingress_publishes_the_token_endpoint_only_when_the_service_issues_t
     external["auth"]["token"]["realm"] = "https://sso.example.com/token"
     assert paths(external) == ["/v2"]
     assert paths(INGRESS_TLS) == ["/v2"]
+
+
+def test_ci_issuers_and_event_receivers_reach_the_service_with_secrets_only_in_the_secret(
+    chart: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered = render(chart, OIDC_EVENTS)
+    env = rendered.env()
+    secret = rendered.one("Secret")
+    endpoints_ref = env["REGISTRY_EVENTS_ENDPOINTS"]["valueFrom"]["secretKeyRef"]
+    assert endpoints_ref == {"name": secret["metadata"]["name"], "key": "events-endpoints.json"}
+    endpoints = base64.b64decode(secret["data"]["events-endpoints.json"]).decode()
+    auth_dir = rendered.mount("htpasswd")["mountPath"]
+    for name in ("REGISTRY_AUTH_OIDC_ISSUERS", "REGISTRY_AUTH_ACCESS", "REGISTRY_EVENTS_AUDIT_LOG"):
+        monkeypatch.setenv(name, env[name]["value"])
+    monkeypatch.setenv("REGISTRY_EVENTS_ENDPOINTS", endpoints)
+    settings = Settings()  # as the pod reads its environment
+    assert settings.auth_access == Path(f"{auth_dir}/access.yaml")
+    assert [entry.issuer for entry in settings.auth_oidc_issuers] == [GITHUB]
+    assert settings.events_endpoints[0].secret == "receiver-shared-secret"
+    assert settings.events_endpoints[0].repositories == ("prod/*",)
+    assert [item["path"] for item in rendered.volume("htpasswd")["secret"]["items"]] == ["access.yaml"]
+    assert all("receiver-shared-secret" not in yaml.safe_dump(m) for m in rendered.manifests if m["kind"] != "Secret")
+
+
+def test_existing_secret_holds_the_event_receivers(chart: Any) -> None:
+    rendered = render(chart, {**OIDC_EVENTS, "existingSecret": "mine", "secretKeys": {"eventsEndpoints": "hooks"}})
+    assert "Secret" not in rendered.kinds()
+    reference = rendered.env()["REGISTRY_EVENTS_ENDPOINTS"]["valueFrom"]["secretKeyRef"]
+    assert reference == {"name": "mine", "key": "hooks"}

@@ -49,7 +49,7 @@ app.kubernetes.io/component: registry
 
 {{/* Whether the chart has anything to put in a Secret of its own. */}}
 {{- define "storj-registry.createSecret" -}}
-{{- if and (not .Values.existingSecret) (or (eq .Values.storage.type "s3") .Values.auth.htpasswd.enabled .Values.auth.tokenKey) }}true{{ end }}
+{{- if and (not .Values.existingSecret) (or (eq .Values.storage.type "s3") .Values.auth.htpasswd.enabled .Values.auth.tokenKey .Values.auth.access .Values.events.endpoints) }}true{{ end }}
 {{- end }}
 
 {{- define "storj-registry.image" -}}
