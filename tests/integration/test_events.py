@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from app.events.envelope import Origin, Source, Target
+from app.events.spool import Spool
 from app.main import create_app
 from app.settings import Settings, SettingsError, load_settings
 from app.tools.commands import run_gc
@@ -226,3 +228,14 @@ def test_endpoint_settings_are_checked_at_start(tmp_path: Path, receiver: Receiv
         load({"name": "x", "url": "ftp://example"})
     with pytest.raises(SettingsError, match="REGISTRY_EVENTS_AUDIT_LOG"):
         create_app(load_settings(data_dir=tmp_path, staging_dir=tmp_path, events_audit_log=tmp_path / "no/such/dir"))
+
+
+def test_replicas_sharing_a_staging_volume_send_each_kept_file_once(tmp_path: Path) -> None:
+    stopped = Source()
+    events = [stopped.event("tag.delete", Target("team/app", tag=f"v{n}"), Origin(actor="a")) for n in range(3)]
+    Spool(tmp_path, "stopped-replica").save("hooks", events)
+    first, second = Spool(tmp_path, "one"), Spool(tmp_path, "two")
+    taken = [first.take("hooks"), second.take("hooks")]
+    assert sorted(len(batch) for batch in taken) == [0, 3]
+    assert [e.body for e in taken[0] or taken[1]] == [e.body for e in events]
+    assert not list((tmp_path / "events" / "hooks").iterdir())

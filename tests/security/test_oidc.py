@@ -27,6 +27,7 @@ from tests.conftest import filesystem_settings
 from tests.security.tokenflow import TokenAuth
 from tests.support.oidc_issuer import DISCOVERY, JWKS, Issuer, running_issuer
 from tests.support.pushing import push_image
+from tests.support.tools import free_port
 
 Serve = Callable[[Settings], str]
 AUDIENCE = "registry.test"
@@ -197,6 +198,20 @@ def test_rotated_keys_are_fetched_once_and_invented_kids_do_not_hammer_the_issue
             assert client.get("/v2/", auth=workload(token)).status_code == 401
         assert github.requests[JWKS] == 3  # twenty unknown kids, one fetch
         assert github.requests[DISCOVERY] == 1
+
+
+def test_an_unreachable_issuer_is_a_401_not_a_500(tmp_path: Path, serve: Serve) -> None:
+    issuer = Issuer(url=f"http://127.0.0.1:{free_port()}", algorithm="ES256")  # nothing listens there
+    issuer.rotate()
+    access = tmp_path / "access.yaml"
+    rule = f"{{issuer: '{issuer.url}', claims: {{sub: '*'}}, repositories: ['*'], actions: [pull]}}"
+    access.write_text(f"rules: [{rule}]")
+    entry = {"issuer": issuer.url, "audience": AUDIENCE}
+    url = serve(filesystem_settings(tmp_path, auth_access=access, auth_oidc_issuers=[entry], auth_max_failures=0))
+    for _ in range(3):
+        answer = httpx.get(f"{url}/v2/", auth=workload(issuer.gitlab(AUDIENCE)))
+        assert answer.status_code == 401
+        assert "could not be fetched" in answer.json()["errors"][0]["message"]
 
 
 def test_keys_from_a_local_jwks_file(tmp_path: Path, serve: Serve) -> None:
