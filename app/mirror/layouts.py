@@ -112,16 +112,20 @@ async def stream(extent: Extent) -> AsyncIterator[AsyncIterator[bytes]]:
         raise SourceError(f"cannot read {extent.path}: {exc}") from exc
 
     async def chunks() -> AsyncIterator[bytes]:
-        await anyio.to_thread.run_sync(handle.seek, extent.offset)
-        left = extent.length
-        while left is None or left > 0:
-            size = STREAM_CHUNK if left is None else min(STREAM_CHUNK, left)
-            chunk = await anyio.to_thread.run_sync(handle.read, size)
-            if not chunk:
-                return
-            if left is not None:
-                left -= len(chunk)
-            yield chunk
+        try:
+            if extent.offset:  # a file in an archive (a plain file, or a pipe, is read from its start)
+                await anyio.to_thread.run_sync(handle.seek, extent.offset)
+            left = extent.length
+            while left is None or left > 0:
+                size = STREAM_CHUNK if left is None else min(STREAM_CHUNK, left)
+                chunk = await anyio.to_thread.run_sync(handle.read, size)
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
+        except OSError as exc:
+            raise SourceError(f"cannot read {extent.path}: {exc}") from exc
 
     try:
         yield chunks()
