@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from app.mirror.sync import SyncConfig
 from app.settings import Settings
 
 from ._support import CHART_DIR, require_module
@@ -100,7 +101,23 @@ OIDC_EVENTS: dict[str, Any] = {
     "auth": {"access": CI_RULES, "oidc": {"issuers": [{"issuer": GITHUB, "audience": "push.example.com"}]}},
     "events": {"endpoints": [RECEIVER], "auditLog": "/dev/stdout"},
 }
+SYNC_CONFIG: dict[str, Any] = {
+    "mirrors": [
+        {"source": "docker://registry-1.docker.io/library/alpine", "destination": "mirror/alpine", "newest": 3},
+        {"source": "docker://ghcr.io/team/app", "tags": ["v1"], "credentials_env": "GHCR_CREDS"},
+    ]
+}
+SYNC: dict[str, Any] = {
+    **S3,
+    "sync": {
+        "enabled": True,
+        "config": SYNC_CONFIG,
+        "dockerConfigSecret": "upstream-logins",
+        "extraEnv": [{"name": "GHCR_CREDS", "valueFrom": {"secretKeyRef": {"name": "ghcr", "key": "creds"}}}],
+    },
+}
 VALUE_SETS: dict[str, dict[str, Any]] = {
+    "sync": SYNC,
     "oidc-events": OIDC_EVENTS,
     "defaults": {},
     "token-auth": TOKEN_AUTH,
@@ -713,3 +730,36 @@ def test_existing_secret_holds_the_event_receivers(chart: Any) -> None:
     assert "Secret" not in rendered.kinds()
     reference = rendered.env()["REGISTRY_EVENTS_ENDPOINTS"]["valueFrom"]["secretKeyRef"]
     assert reference == {"name": "mine", "key": "hooks"}
+
+
+# --- scheduled sync -------------------------------------------------------------------------------
+
+
+def test_sync_cronjob_runs_the_configured_mirrors_with_the_service_storage_settings(chart: Any) -> None:
+    rendered = render(chart, SYNC)
+    job = rendered.one("CronJob")["spec"]
+    assert job["concurrencyPolicy"] == "Forbid"
+    pod = job["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["sync", "/etc/storj-registry/sync/sync.yaml"]
+    env = {item["name"]: item for item in container["env"]}
+    for name, item in rendered.env().items():  # the same bucket as the service, credentials from its Secret
+        if name.startswith(("REGISTRY_S3_", "REGISTRY_STORAGE", "REGISTRY_STAGING_DIR")):
+            assert env[name] == item, name
+    assert env["DOCKER_CONFIG"]["value"] == "/etc/storj-registry/docker"
+    assert env["GHCR_CREDS"]["valueFrom"]["secretKeyRef"] == {"name": "ghcr", "key": "creds"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounts["staging"] == STAGING_DIR and mounts["tmp"] == "/tmp"
+    config_map = rendered.one("ConfigMap")
+    assert SyncConfig.model_validate(yaml.safe_load(config_map["data"]["sync.yaml"])).mirrors[0].newest == 3
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert volumes["docker-config"]["secret"]["items"] == [{"key": ".dockerconfigjson", "path": "config.json"}]
+
+
+def test_sync_is_refused_without_mirrors_or_on_filesystem_storage(chart: Any) -> None:
+    with pytest.raises(helm.HelmError, match="lists nothing to copy"):
+        render(chart, {**S3, "sync": {"enabled": True}})
+    with pytest.raises(helm.HelmError, match=r"needs storage\.type s3"):
+        render(chart, {"storage": {"type": "filesystem"}, "sync": {"enabled": True, "config": SYNC_CONFIG}})
