@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     public_url: str = ""
     max_manifest_bytes: int = Field(default=4 * MiB, ge=1024)
     max_manifest_descriptors: int = Field(default=1000, ge=1)
+    # Accept an index or manifest whose children or blobs are absent (a mirror of one platform of an index).
+    sparse_manifests: bool = False
     delete_enabled: bool = False
     upload_max_age_seconds: float = Field(default=24 * 3600, gt=0)
 

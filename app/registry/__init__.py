@@ -43,6 +43,6 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
         uploads=uploads,
         indexes=indexes,
         blobs=Blobs(storage, uploads, indexes),
-        manifests=Manifests(storage, indexes, settings.max_manifest_descriptors),
+        manifests=Manifests(storage, indexes, settings.max_manifest_descriptors, sparse=settings.sparse_manifests),
         client_sessions=ClientSessions(uploads, settings.max_sessions_per_client),
     )

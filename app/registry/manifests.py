@@ -8,12 +8,13 @@ manifest it names must already be in the repository, so a tag never points at so
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from anyio.to_thread import run_sync as run
 
 from app import layout
-from app.errors import ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
+from app.errors import DigestInvalid, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
 from app.registry.formats import Manifest, parse_manifest
 from app.registry.indexes import Indexes
 from app.registry.references import algorithm_of, digest_of, is_digest, sha256_digest
@@ -31,41 +32,60 @@ class StoredManifest:
 class PutResult:
     digest: str
     subject: str | None
+    tags: tuple[str, ...] = ()
 
 
 class Manifests:
-    def __init__(self, storage: Storage, indexes: Indexes, max_descriptors: int | None = None) -> None:
+    def __init__(
+        self, storage: Storage, indexes: Indexes, max_descriptors: int | None = None, *, sparse: bool = False
+    ) -> None:
         self.storage = storage
         self.indexes = indexes
         self.max_descriptors = max_descriptors
+        self.sparse = sparse  # REGISTRY_SPARSE_MANIFESTS: accept manifests whose blobs or children are absent
 
-    async def put(self, name: str, reference: str, body: bytes, content_type: str | None) -> PutResult:
+    async def put(
+        self,
+        name: str,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+        *,
+        tags: Sequence[str] = (),
+        named: str | None = None,
+    ) -> PutResult:
+        """Publish a manifest under its digest and its tags: the reference when it is a tag, and `tags` (a push
+        by digest with `?tag=`). `named` is a digest the client asked for (`?digest=`): a manifest pushed by tag
+        is then keyed by it (sha512) instead of its sha256."""
         manifest = parse_manifest(body, content_type, max_descriptors=self.max_descriptors)
-        digest = self._digest_for(reference, body)
-        await self._require_references(name, manifest)
+        digest = self._digest_for(reference, body, named)
+        tags = tuple(dict.fromkeys(([] if is_digest(reference) else [reference]) + list(tags)))
+        if not self.sparse:
+            await self._require_references(name, manifest)
 
         await self.indexes.ensure_index_html()
         digest_key = layout.manifest(name, digest)
         existing = await run(self.storage.stat, digest_key)
         if existing is None or existing.size != len(body) or existing.content_type != manifest.media_type:
             await run(self.storage.put_bytes, digest_key, body, manifest.media_type, layout.MANIFEST_CACHE_IMMUTABLE)
-        if not is_digest(reference):
+        for tag in tags:
             await run(
-                self.storage.put_bytes,
-                layout.manifest(name, reference),
-                body,
-                manifest.media_type,
-                layout.MUTABLE_CACHE,
+                self.storage.put_bytes, layout.manifest(name, tag), body, manifest.media_type, layout.MUTABLE_CACHE
             )
         await self.indexes.refresh_tags(name)
         await self.indexes.add_to_catalog(name)
         if manifest.subject is not None:
             await self.indexes.add_referrer(name, manifest.subject.digest, manifest.descriptor(digest, len(body)))
-        return PutResult(digest, manifest.subject.digest if manifest.subject else None)
+        return PutResult(digest, manifest.subject.digest if manifest.subject else None, tags)
 
     @staticmethod
-    def _digest_for(reference: str, body: bytes) -> str:
-        """By digest, the body must hash to the reference; by tag, the manifest is keyed by its sha256."""
+    def _digest_for(reference: str, body: bytes, named: str | None = None) -> str:
+        """By digest, the body must hash to the reference; by tag, the manifest is keyed by its sha256, or by the
+        digest the client named (which it must hash to)."""
+        if named is not None and named != reference:
+            if is_digest(reference) or digest_of(body, algorithm_of(named)) != named:
+                raise DigestInvalid("manifest does not hash to the digest given", detail={"digest": named})
+            return named
         if not is_digest(reference):
             return sha256_digest(body)
         actual = digest_of(body, algorithm_of(reference))
@@ -91,8 +111,17 @@ class Manifests:
         if found is None:
             raise ManifestUnknown("manifest unknown", detail={"name": name, "reference": reference})
         body, info = found
-        digest = reference if is_digest(reference) else sha256_digest(body)
+        digest = reference if is_digest(reference) else await self._tag_digest(name, body)
         return StoredManifest(body, info.content_type, digest)
+
+    async def _tag_digest(self, name: str, body: bytes) -> str:
+        """A tag's manifest is named by its sha256, unless it was pushed named by its sha512: then only that key
+        exists. Looked for only in a manifest naming sha512 content, so other tags cost no extra request."""
+        if b'"sha512:' in body:
+            sha512 = digest_of(body, "sha512")
+            if await run(self.storage.stat, layout.manifest(name, sha512)) is not None:
+                return sha512
+        return sha256_digest(body)
 
     async def delete(self, name: str, reference: str) -> None:
         """Delete a tag, or a manifest by digest together with every tag pointing at it."""

@@ -25,6 +25,7 @@ from typing import TextIO
 
 from app import layout
 from app.registry import indexes
+from app.registry.references import digest_of
 from app.storage import Storage
 from app.storage.base import MultipartStorage
 from app.tools.inventory import (
@@ -101,7 +102,8 @@ def reachable(stored: Iterable[StoredManifest], roots: Iterable[str] = ()) -> Re
             referrers.setdefault(item.manifest.subject.digest, []).append(digest)
     kept: set[str] = set()
     blobs: set[str] = set()
-    pending = [tag.digest for tag in tags] + list(roots)
+    # A tag keeps each digest key its bytes hash to: the sha256 one, and a sha512 one if it was pushed named so.
+    pending = [tag.digest for tag in tags] + [digest_of(tag.body, "sha512") for tag in tags] + list(roots)
     while pending:
         digest = pending.pop()
         if digest in kept:
