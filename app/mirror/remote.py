@@ -204,8 +204,11 @@ class RemoteRegistry:
             raise SourceError(f"token service {params['realm']} unreachable: {exc}") from exc
         if response.status_code != 200:
             raise SourceError(f"token service {params['realm']} refused ({response.status_code}): check credentials")
-        document = response.json()
-        token = document.get("token") or document.get("access_token")
+        try:
+            document = response.json()
+            token = document.get("token") or document.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
         if not isinstance(token, str):
             raise SourceError(f"token service {params['realm']} answered no token")
         return token
@@ -275,7 +278,10 @@ class RemoteRegistry:
             response = await self._read(path, {}, "the tags list")
             if response is None:
                 raise SourceError(f"{self.describe()}: repository not found")
-            tags += json.loads(response.content).get("tags") or []
+            try:
+                tags += json.loads(response.content).get("tags") or []
+            except (ValueError, AttributeError, TypeError) as exc:
+                raise SourceError(f"{self.describe()}: the tags list is not JSON") from exc
             following = response.links.get("next", {}).get("url")
             path = urljoin(str(response.url), following) if following else None
         return tags
