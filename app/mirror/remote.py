@@ -38,6 +38,7 @@ MAX_RETRY_AFTER_S = 300.0
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
+DOCKER_HUB_NAMES = {DOCKER_HUB, DOCKER_HUB_API, "index.docker.io"}
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
@@ -103,7 +104,9 @@ def docker_config_credentials(host: str) -> tuple[str, str] | None:
         auths = json.loads((directory / "config.json").read_text()).get("auths") or {}
     except (OSError, ValueError, AttributeError):
         return None
-    keys = [DOCKER_HUB_AUTH_KEY, DOCKER_HUB] if host == DOCKER_HUB else [host, f"https://{host}", f"http://{host}"]
+    keys = [host, f"https://{host}", f"http://{host}"]
+    if host in DOCKER_HUB_NAMES:
+        keys = [DOCKER_HUB_AUTH_KEY, *keys]
     for key in keys:
         encoded = (auths.get(key) or {}).get("auth")
         if encoded:
