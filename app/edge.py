@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
@@ -19,6 +20,7 @@ from fastapi import Depends, FastAPI
 
 from app.api import auth as auth_api
 from app.auth import Gate, UploadLimiter, guard
+from app.connections import head_deadline_protocol
 from app.registry.limits import BodyRefused, StagingLimits
 from app.settings import LOOPBACK_HOSTS, Settings, SettingsError
 
@@ -49,7 +51,12 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.staging_limits = StagingLimits(
         settings.staging_dir, settings.max_blob_bytes, settings.staging_min_free_bytes
     )
-    app.add_middleware(RequestLimits, max_header_bytes=settings.max_header_bytes, idle=settings.upload_idle_timeout)
+    app.add_middleware(
+        RequestLimits,
+        max_header_bytes=settings.max_header_bytes,
+        idle=settings.upload_idle_timeout,
+        min_rate=settings.min_body_rate,
+    )
     app.add_middleware(ForwardedHeaders, trusted=settings.trusted_proxies, service_url=settings.service_url)
     if not settings.auth_enabled:
         log.warning(
@@ -59,13 +66,14 @@ def install(app: FastAPI, settings: Settings) -> None:
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn options for `serve`: HTTPS when configured, and h11 for its bound on request-header size.
+    """uvicorn options for `serve`: HTTPS when configured, and h11 for its bound on request-header size (with a
+    deadline on each request head, `app.connections`).
 
     httptools (uvicorn's default when installed) buffers headers of any size; h11 refuses an incomplete
     head past `h11_max_incomplete_event_size`. Run uvicorn with `proxy_headers=False`: `ForwardedHeaders` decides.
     """
     options: dict[str, Any] = {
-        "http": "h11",
+        "http": head_deadline_protocol(settings.request_head_timeout),
         "h11_max_incomplete_event_size": settings.max_header_bytes,
         "server_header": False,
     }
@@ -185,12 +193,14 @@ def _absolute(name: bytes, value: bytes, base: str) -> tuple[bytes, bytes]:
 
 
 class RequestLimits:
-    """Refuse oversized request heads (431) and request bodies that stall (408) before the application waits on them."""
+    """Refuse oversized request heads (431) and request bodies that stall or trickle (408) before the application
+    waits on them."""
 
-    def __init__(self, app: ASGIApp, max_header_bytes: int, idle: float) -> None:
+    def __init__(self, app: ASGIApp, max_header_bytes: int, idle: float, min_rate: int = 0) -> None:
         self.app = app
         self.max_header_bytes = max_header_bytes
         self.idle = idle
+        self.min_rate = min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -201,22 +211,37 @@ class RequestLimits:
         if head > self.max_header_bytes:
             await _refuse_head(send, self.max_header_bytes)
             return
-        await self.app(scope, _idle_limited(receive, self.idle), send)
+        await self.app(scope, _paced(receive, self.idle, self.min_rate), send)
 
 
-def _idle_limited(receive: Receive, idle: float) -> Receive:
-    """`receive` that gives up when the body stops flowing for `idle` seconds (never once it is complete)."""
+def _paced(receive: Receive, idle: float, min_rate: int) -> Receive:
+    """`receive` that gives up when the body stalls for `idle` seconds or falls behind `min_rate` bytes a second.
+
+    The rate is the average since the body started, after a first `idle` seconds of grace: each byte received
+    buys `1 / min_rate` more seconds, so a body trickling a byte just inside every stall timeout is still cut.
+    Never once the body is complete.
+    """
     complete = False
+    started: float | None = None  # the first read: time the service spent before reading is not the client's
+    received = 0
 
     async def limited() -> Message:
-        nonlocal complete
+        nonlocal complete, received, started
         if complete:
             return await receive()
+        started = time.monotonic() if started is None else started
+        wait = idle
+        if min_rate:
+            wait = min(idle, started + idle + received / min_rate - time.monotonic())
         try:
-            with anyio.fail_after(idle):
+            with anyio.fail_after(max(wait, 0)):
                 message = await receive()
         except TimeoutError:
+            if wait < idle:
+                detail = {"min_rate": min_rate, "received": received}
+                raise IdleUpload(f"request body slower than {min_rate} bytes per second", detail=detail) from None
             raise IdleUpload(f"no request data for {idle:g} seconds", detail={"timeout": idle}) from None
+        received += len(message.get("body", b""))
         complete = message["type"] != "http.request" or not message.get("more_body", False)
         return message
 

@@ -11,25 +11,12 @@ from fastapi import FastAPI
 from app import edge
 from app.api import base, blobs, health, manifests, tags, uploads
 from app.api.health import Readiness
+from app.events import Notifier
 from app.lifecycle import Drain
 from app.observability import RequestObserver, instrument_storage
 from app.registry import Registry, build_registry
 from app.registry.purging import purging_abandoned_uploads
 from app.settings import Settings, load_settings
-
-
-@contextlib.asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """While the app serves: the bucket prepared in the background (`Registry.warm`), the purge of old uploads."""
-    registry: Registry = app.state.registry
-    warming = asyncio.create_task(registry.warm())
-    async with purging_abandoned_uploads(app):
-        yield
-    warming.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await warming
-    await registry.blobs.publishing.drain()
-    await registry.records.settle()
 
 
 def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
@@ -38,6 +25,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.settings = settings
     edge.install(app, settings)  # auth, limits, proxy headers: before the routers, which it guards
     app.state.registry = registry or build_registry(settings)
+    app.state.notifier = Notifier(settings)
     app.state.drain = Drain()
     app.state.readiness = Readiness(app.state.registry.storage, app.state.registry.uploads.root)
     instrument_storage(app.state.registry.storage)
@@ -48,3 +36,23 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     # Added last, so outermost: it sees every answer, those of other middlewares included.
     app.add_middleware(RequestObserver)
     return app
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """While the app serves: the bucket's state read in the background (`Registry.warm`), the purge of abandoned
+    uploads, and event delivery. At the end: blob writes in flight finish, events left over are kept."""
+    registry: Registry = app.state.registry
+    notifier: Notifier = app.state.notifier
+    warming = asyncio.create_task(registry.warm())
+    async with purging_abandoned_uploads(app):
+        notifier.start()
+        try:
+            yield
+        finally:
+            warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warming
+            await registry.blobs.publishing.drain()
+            await registry.records.settle()
+            await notifier.stop()

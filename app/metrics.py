@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-RECEIVED_BYTES = Counter("registry_received_bytes", "Blob bytes received from clients (upload bodies)", ["repository"])
+# No label comes from a client's names: any string can name a repository, so such labels would grow without bound,
+# and /metrics is open, so they would tell anyone the names of private repositories.
+RECEIVED_BYTES = Counter("registry_received_bytes", "Blob bytes received from clients (upload bodies)")
 COMMITTED_BLOBS = Counter("registry_committed_blobs", "Blobs committed to storage", ["how"])
 COMMIT_SECONDS = Histogram(
     "registry_commit_seconds",
@@ -34,3 +36,15 @@ STORAGE_ERRORS = Counter(
     ["operation"],
 )
 STORAGE_FAULTS = Counter("registry_storage_faults", "Client requests answered 503 because the storage failed")
+
+# Events (app/events), labelled by the configured endpoint's name: a bounded set.
+EVENTS_SENT = Counter("registry_events_sent", "Events a receiver accepted", ["endpoint"])
+EVENTS_DROPPED = Counter(
+    "registry_events_dropped", "Events dropped because the endpoint's queue was full", ["endpoint"]
+)
+EVENTS_FAILURES = Counter(
+    "registry_events_delivery_failures",
+    "Failed deliveries (refused, timed out, unreachable), retried",
+    ["endpoint"],
+)
+EVENTS_PENDING = Gauge("registry_events_pending", "Events waiting for delivery", ["endpoint"])

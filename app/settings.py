@@ -42,6 +42,22 @@ class SettingsError(Exception):
         return cls(f"invalid configuration: {variable}: {problem}")
 
 
+class EventEndpoint(BaseModel):
+    """One receiver of registry events (an entry of REGISTRY_EVENTS_ENDPOINTS, see app/events)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # metric label and spool directory
+    url: str = Field(pattern=r"^https?://")
+    headers: dict[str, str] = Field(default_factory=dict)  # e.g. Authorization for the receiver
+    secret: str = ""  # HMAC-SHA256 key: the body's signature goes in X-Registry-Signature-256
+    events: tuple[str, ...] = ("*",)  # patterns over event kinds (manifest.push, tag.delete, gc.delete, ...)
+    repositories: tuple[str, ...] = ("*",)  # patterns over repository names
+    timeout_seconds: float = Field(default=5, gt=0, le=300)
+    max_pending: int = Field(default=10_000, ge=1)  # queued events past this are dropped (and counted)
+    max_backoff_seconds: float = Field(default=60, gt=0, le=3600)  # longest wait between two tries
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REGISTRY_", env_file=".env", extra="ignore")
 
@@ -67,6 +83,8 @@ class Settings(BaseSettings):
     public_url: str = ""
     max_manifest_bytes: int = Field(default=4 * MiB, ge=1024)
     max_manifest_descriptors: int = Field(default=1000, ge=1)
+    # Accept an index or manifest whose children or blobs are absent (a mirror of one platform of an index).
+    sparse_manifests: bool = False
     delete_enabled: bool = False
     upload_max_age_seconds: float = Field(default=24 * 3600, gt=0)
 
@@ -90,6 +108,10 @@ class Settings(BaseSettings):
     auth_token_jwks: Path | None = None
     auth_oidc_issuers: tuple[OidcIssuer, ...] = ()  # JSON list of OidcIssuer in the environment
 
+    # Events for receivers that watch the registry (see app/events), and an audit log of the same events.
+    events_endpoints: tuple[EventEndpoint, ...] = ()  # JSON list of EventEndpoint in the environment
+    events_audit_log: Path | None = None  # JSON lines, one per event; /dev/stdout works in a container
+
     # The network edge: HTTPS, reverse proxies, and limits on what one client may send.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -98,7 +120,10 @@ class Settings(BaseSettings):
     max_blob_bytes: int = Field(default=10 * 1024 * MiB, ge=1)
     staging_min_free_bytes: int = Field(default=512 * MiB, ge=0)
     max_uploads_per_client: int = Field(default=64, ge=0)
+    max_sessions_per_client: int = Field(default=256, ge=0)
     upload_idle_timeout: float = Field(default=60, gt=0)
+    min_body_rate: int = Field(default=1024, ge=0)
+    request_head_timeout: float = Field(default=20, gt=0)
     max_header_bytes: int = Field(default=64 * 1024, ge=4096)
     share_blobs: bool = True
     share_min_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
@@ -165,6 +190,14 @@ class Settings(BaseSettings):
         names = [entry.issuer for entry in self.auth_oidc_issuers]
         if len(set(names)) != len(names):
             raise ValueError("REGISTRY_AUTH_OIDC_ISSUERS lists an issuer twice")
+
+    @field_validator("events_endpoints")
+    @classmethod
+    def _unique_endpoint_names(cls, value: tuple[EventEndpoint, ...]) -> tuple[EventEndpoint, ...]:
+        names = [endpoint.name for endpoint in value]
+        if len(set(names)) != len(names):
+            raise ValueError("endpoint names must be unique (they name metrics and spool directories)")
+        return value
 
     @property
     def auth_enabled(self) -> bool:

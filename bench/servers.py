@@ -95,7 +95,16 @@ def start_service(
             "PYTHONPATH": str(ROOT),
         }
     )
-    command = [sys.executable, "-m", "app", "serve", "--port", str(port), "--log-level", os.environ.get("BENCH_LOG_LEVEL", "warning")]
+    command = [
+        sys.executable,
+        "-m",
+        "app",
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        os.environ.get("BENCH_LOG_LEVEL", "warning"),
+    ]
     return _launch("service", command, env, workdir, port, bucket)
 
 

@@ -6,36 +6,45 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from app import layout
+from app.api import notify
 from app.api.deps import RegistryDep
 from app.api.ranges import parse_range
 from app.auth import allowed
 from app.auth.access import PULL, PUSH
 from app.errors import Unsupported
-from app.registry.blobs import SourceCheck
 from app.registry.references import check_digest, check_name
 
 router = APIRouter()
 
 
-def sources_for(request: Request, name: str) -> SourceCheck:
-    """Which repositories the caller may share blobs from on a HEAD miss.
+class ShareSources:
+    """Which repositories the caller may share blobs from on a HEAD miss, and the one a share came from.
 
     Copying a blob into the caller's repository hands them its bytes and writes to the bucket, so the caller
     needs pull on the source (as for `?mount=&from=`) and push on its own repository. Without auth, all is open.
+    The registry asks just before it copies, so when the blob is then found, `approved` is where it came from.
     """
 
-    async def readable(source: str) -> bool:
-        return allowed(request, name, PUSH) and allowed(request, source, PULL)
+    def __init__(self, request: Request, name: str) -> None:
+        self.request = request
+        self.name = name
+        self.approved = ""
 
-    return readable
+    async def __call__(self, source: str) -> bool:
+        if allowed(self.request, self.name, PUSH) and allowed(self.request, source, PULL):
+            self.approved = source
+            return True
+        return False
 
 
 @router.api_route("/v2/{name:path}/blobs/{digest}", methods=["GET", "HEAD"])
 async def get_blob(name: str, digest: str, request: Request, registry: RegistryDep) -> Response:
     check_name(name)
     check_digest(digest)
-    share = request.method == "HEAD" and registry.settings.share_blobs
-    info = await registry.blobs.require(name, digest, sources_for(request, name) if share else None)
+    share = ShareSources(request, name) if request.method == "HEAD" and registry.settings.share_blobs else None
+    info = await registry.blobs.require(name, digest, share)
+    if share is not None and share.approved:
+        notify.blob_mounted(request, name, digest, share.approved, info.size)
     headers = {
         "Docker-Content-Digest": digest,
         "Content-Type": layout.OCTET_STREAM,
@@ -60,10 +69,11 @@ async def get_blob(name: str, digest: str, request: Request, registry: RegistryD
 
 
 @router.delete("/v2/{name:path}/blobs/{digest}")
-async def delete_blob(name: str, digest: str, registry: RegistryDep) -> Response:
+async def delete_blob(name: str, digest: str, request: Request, registry: RegistryDep) -> Response:
     check_name(name)
     check_digest(digest)
     if not registry.settings.delete_enabled:
         raise Unsupported("deletes are disabled on this registry")
     await registry.blobs.delete(name, digest)
+    notify.blob_deleted(request, name, digest)
     return Response(status_code=202)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from app import layout
+from app.api import notify
 from app.api.deps import RegistryDep
-from app.errors import RegistryError, Unsupported
-from app.registry.references import check_name, check_reference
+from app.errors import ManifestUnknown, RegistryError, TagInvalid, Unsupported
+from app.registry.references import check_digest, check_name, check_reference, check_tag
 
 router = APIRouter()
 
@@ -29,10 +30,19 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def readable_reference(name: str, reference: str) -> str:
+    """A GET or HEAD of a name no tag can have finds no manifest: 404 MANIFEST_UNKNOWN, as distribution answers
+    and the conformance suites require (`.INVALID_MANIFEST_NAME`). Only a PUT of such a tag is a 400."""
+    try:
+        return check_reference(reference)
+    except TagInvalid:
+        raise ManifestUnknown("manifest unknown", detail={"name": name, "reference": reference[:300]}) from None
+
+
 @router.api_route("/v2/{name:path}/manifests/{reference}", methods=["GET", "HEAD"])
 async def get_manifest(name: str, reference: str, request: Request, registry: RegistryDep) -> Response:
     check_name(name)
-    check_reference(reference)
+    readable_reference(name, reference)
     stored = await registry.manifests.get(name, reference)
     headers = {
         "Content-Type": stored.media_type,
@@ -48,19 +58,34 @@ async def get_manifest(name: str, reference: str, request: Request, registry: Re
 async def put_manifest(name: str, reference: str, request: Request, registry: RegistryDep) -> Response:
     check_name(name)
     check_reference(reference)
+    tags = [check_tag(tag) for tag in request.query_params.getlist("tag")]  # end-7b: more tags, one push
+    named = request.query_params.get("digest")
     body = await read_limited(request, registry.settings.max_manifest_bytes)
-    result = await registry.manifests.put(name, reference, body, request.headers.get("content-type"))
+    result = await registry.manifests.put(
+        name,
+        reference,
+        body,
+        request.headers.get("content-type"),
+        tags=tags,
+        named=check_digest(named) if named is not None else None,
+    )
+    for pushed in result.tags or (reference,):  # one event per tag stored, or the push by digest
+        notify.manifest_pushed(request, name, pushed, result.digest, body)
     headers = {"Location": f"/{layout.manifest(name, result.digest)}", "Docker-Content-Digest": result.digest}
     if result.subject:
         headers["OCI-Subject"] = result.subject
-    return Response(status_code=201, headers=headers)
+    response = Response(status_code=201, headers=headers)
+    for tag in result.tags:  # one OCI-Tag header per tag stored, so the client knows each one landed
+        response.headers.append("OCI-Tag", tag)
+    return response
 
 
 @router.delete("/v2/{name:path}/manifests/{reference}")
-async def delete_manifest(name: str, reference: str, registry: RegistryDep) -> Response:
+async def delete_manifest(name: str, reference: str, request: Request, registry: RegistryDep) -> Response:
     check_name(name)
     check_reference(reference)
     if not registry.settings.delete_enabled:
         raise Unsupported("deletes are disabled on this registry")
     await registry.manifests.delete(name, reference)
+    notify.manifest_deleted(request, name, reference)
     return Response(status_code=202)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 
 from app import layout
+from app.api import notify
 from app.api.deps import RegistryDep, decimal
 from app.api.ranges import parse_content_range
 from app.auth import allowed
 from app.auth.access import PULL
+from app.auth.gate import client_address
 from app.errors import DigestInvalid
 from app.lifecycle import accepting_uploads
 from app.registry import Registry
@@ -67,19 +69,21 @@ async def start_upload(name: str, request: Request, registry: RegistryDep) -> Re
     mountable = mount and source and DIGEST_RE.fullmatch(mount) and is_name(source) and source != name
     mountable = mountable and allowed(request, source, PULL)  # else a normal session: never leak the blob
     if mountable and await registry.blobs.mount(name, mount, source):
+        notify.blob_mounted(request, name, mount, source)
         return blob_created(name, mount)
     digest = params.get("digest")
     if digest is not None:
         check_digest(digest)
     request.app.state.staging_limits.check_free()
-    upload = registry.uploads.create(name)
+    upload = await registry.client_sessions.open(name, client_address(request))
     if digest is not None:
         try:
             await receive(registry, upload, request)
-            await registry.blobs.commit(upload, digest)
+            size = await registry.blobs.commit(upload, digest)
         except Exception:  # the client never learnt this session's id, so nobody could resume it
             await registry.uploads.discard(upload)
             raise
+        notify.blob_pushed(request, name, digest, size)
         return blob_created(name, digest)
     return Response(status_code=202, headers=progress_headers(upload, 0))
 
@@ -104,7 +108,8 @@ async def finish_upload(name: str, upload_id: str, request: Request, registry: R
     check_digest(digest)
     if not await resends_staged_body(registry, upload, request, digest):
         await receive(registry, upload, request)
-    await registry.blobs.commit(upload, digest)
+    size = await registry.blobs.commit(upload, digest)
+    notify.blob_pushed(request, name, digest, size)
     return blob_created(name, digest)
 
 

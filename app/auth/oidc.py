@@ -86,6 +86,8 @@ class IssuerKeys:
         if key is None and self._refresh_due():
             await anyio.to_thread.run_sync(self._refresh, kid)
             key = self._find(kid)
+        if key is None and not self._keys:
+            raise InvalidToken("the issuer's keys could not be fetched (see the service's log); try again later")
         if key is None:
             raise InvalidToken("the token is signed by a key its issuer does not publish")
         return key

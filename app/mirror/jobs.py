@@ -15,7 +15,7 @@ from app.mirror.copier import Copier, Tally
 from app.mirror.layouts import open_local
 from app.mirror.remote import RemoteOptions, RemoteRegistry
 from app.mirror.source import Source, SourceError
-from app.registry.references import DIGEST_RE, NAME_RE, TAG_RE
+from app.registry.references import DIGEST_RE, check_name, check_tag
 
 LOCAL_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
 
@@ -37,12 +37,14 @@ def open_source(spec: str, options: RemoteOptions) -> Source:
 
 
 def parse_destination(text: str) -> tuple[str, str | None]:
-    """`NAME:TAG`, or `NAME` to keep the source's tag."""
+    """`NAME:TAG`, or `NAME` to keep the source's tag; checked by the rules a push to the service meets."""
     name, _, tag = text.partition(":")
-    if not NAME_RE.fullmatch(name):
-        raise UsageError(f"invalid repository name {name!r} (lower-case path components)")
-    if tag and not TAG_RE.fullmatch(tag):
-        raise UsageError(f"invalid tag {tag!r}")
+    try:
+        check_name(name)
+        if tag:
+            check_tag(tag)
+    except RegistryError as exc:
+        raise UsageError(f"{exc.message}: {text!r}") from None
     return name, tag or None
 
 

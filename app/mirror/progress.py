@@ -90,6 +90,11 @@ class Bars(Quiet):
     def blob_finished(self, digest: str, how: str) -> None:
         task = self.tasks.pop(digest, None)
         if task is not None:
+            if how == "failed":  # the retry counts its bytes again: take this attempt's out of the total
+                done = next(item for item in self.progress.tasks if item.id == task)
+                overall = next(item for item in self.progress.tasks if item.id == self.overall)
+                total, completed = (overall.total or 0) - (done.total or 0), overall.completed - done.completed
+                self.progress.update(self.overall, total=total, completed=completed)
             self.progress.remove_task(task)
         if how != "present":
             self.progress.console.print(f"blob {short(digest)} {how}")

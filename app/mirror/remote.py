@@ -38,6 +38,7 @@ MAX_RETRY_AFTER_S = 300.0
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
+DOCKER_HUB_NAMES = {DOCKER_HUB, DOCKER_HUB_API, "index.docker.io"}
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
@@ -103,7 +104,9 @@ def docker_config_credentials(host: str) -> tuple[str, str] | None:
         auths = json.loads((directory / "config.json").read_text()).get("auths") or {}
     except (OSError, ValueError, AttributeError):
         return None
-    keys = [DOCKER_HUB_AUTH_KEY, DOCKER_HUB] if host == DOCKER_HUB else [host, f"https://{host}", f"http://{host}"]
+    keys = [host, f"https://{host}", f"http://{host}"]
+    if host in DOCKER_HUB_NAMES:
+        keys = [DOCKER_HUB_AUTH_KEY, *keys]
     for key in keys:
         encoded = (auths.get(key) or {}).get("auth")
         if encoded:
@@ -204,8 +207,11 @@ class RemoteRegistry:
             raise SourceError(f"token service {params['realm']} unreachable: {exc}") from exc
         if response.status_code != 200:
             raise SourceError(f"token service {params['realm']} refused ({response.status_code}): check credentials")
-        document = response.json()
-        token = document.get("token") or document.get("access_token")
+        try:
+            document = response.json()
+            token = document.get("token") or document.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
         if not isinstance(token, str):
             raise SourceError(f"token service {params['realm']} answered no token")
         return token
@@ -275,7 +281,10 @@ class RemoteRegistry:
             response = await self._read(path, {}, "the tags list")
             if response is None:
                 raise SourceError(f"{self.describe()}: repository not found")
-            tags += json.loads(response.content).get("tags") or []
+            try:
+                tags += json.loads(response.content).get("tags") or []
+            except (ValueError, AttributeError, TypeError) as exc:
+                raise SourceError(f"{self.describe()}: the tags list is not JSON") from exc
             following = response.links.get("next", {}).get("url")
             path = urljoin(str(response.url), following) if following else None
         return tags

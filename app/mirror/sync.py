@@ -55,9 +55,10 @@ class Mirror(BaseModel):
     @field_validator("tag_regex")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            re.compile(value)
-        return value
+        try:
+            return value if value is None else re.compile(value).pattern
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
 
     @field_validator("platform")
     @classmethod
@@ -102,7 +103,7 @@ def load_config(path: Path) -> SyncConfig:
         for mirror in config.mirrors:
             for destination in mirror.destinations():
                 parse_destination(destination)
-    except (OSError, yaml.YAMLError, ValidationError, ValueError) as exc:
+    except (OSError, yaml.YAMLError, ValidationError, ValueError, UsageError) as exc:
         raise UsageError(f"{path}: {exc}") from exc
     return config
 

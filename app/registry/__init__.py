@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from app.registry.blobs import Blobs
+from app.registry.client_sessions import ClientSessions
 from app.registry.indexes import Indexes
 from app.registry.known import Known
 from app.registry.manifests import Manifests
@@ -29,6 +30,7 @@ class Registry:
     records: LocationRecords
     blobs: Blobs
     manifests: Manifests
+    client_sessions: ClientSessions
 
     async def warm(self) -> None:
         """At start, off any push's path, read what pushes will ask: whether `v2/index.html` is there, the
@@ -64,5 +66,13 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
         known=known,
         records=records,
         blobs=blobs,
-        manifests=Manifests(storage, indexes, known, blobs.publishing, settings.max_manifest_descriptors),
+        manifests=Manifests(
+            storage,
+            indexes,
+            known,
+            blobs.publishing,
+            settings.max_manifest_descriptors,
+            sparse=settings.sparse_manifests,
+        ),
+        client_sessions=ClientSessions(uploads, settings.max_sessions_per_client),
     )

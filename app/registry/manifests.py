@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
 from anyio.to_thread import run_sync as run
 
 from app import layout
-from app.errors import ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
+from app.errors import DigestInvalid, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
 from app.registry.formats import Manifest, parse_manifest
 from app.registry.indexes import Indexes
 from app.registry.known import Kind, Known
@@ -38,6 +39,7 @@ class StoredManifest:
 class PutResult:
     digest: str
     subject: str | None
+    tags: tuple[str, ...] = ()
 
 
 class Manifests:
@@ -48,29 +50,47 @@ class Manifests:
         known: Known,
         publishing: Publishing,
         max_descriptors: int | None = None,
+        *,
+        sparse: bool = False,
     ) -> None:
         self.storage = storage
         self.indexes = indexes
         self.known = known
         self.publishing = publishing
         self.max_descriptors = max_descriptors
+        self.sparse = sparse  # REGISTRY_SPARSE_MANIFESTS: accept manifests whose blobs or children are absent
 
-    async def put(self, name: str, reference: str, body: bytes, content_type: str | None) -> PutResult:
-        """Validate, then publish: by digest, then (with the catalog and the referrers index alongside) the tag,
-        then the tags list. Each step waits only for what it must follow."""
+    async def put(
+        self,
+        name: str,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+        *,
+        tags: Sequence[str] = (),
+        named: str | None = None,
+    ) -> PutResult:
+        """Validate, then publish under the digest, then (with the catalog and the referrers index alongside) the
+        tags and the tags list. Each step waits only for what it must follow.
+
+        The tags are the reference when it is a tag, and `tags` (a push by digest with `?tag=`). `named` is a
+        digest the client asked for (`?digest=`): a manifest pushed by tag is then keyed by it (sha512) instead
+        of its sha256.
+        """
         manifest = parse_manifest(body, content_type, max_descriptors=self.max_descriptors)
-        digest = self._digest_for(reference, body)
+        digest = self._digest_for(reference, body, named)
+        tags = tuple(dict.fromkeys(([] if is_digest(reference) else [reference]) + list(tags)))
         await self._require_references(name, manifest)
         await self.indexes.ensure_index_html()
         await self._write_by_digest(name, digest, body, manifest.media_type)
         steps = [self.indexes.add_to_catalog(name)]
-        if not is_digest(reference):
-            steps.append(self._write_tag(name, reference, body, manifest.media_type))
+        if tags:
+            steps.append(self._write_tags(name, tags, body, manifest.media_type))
         if manifest.subject is not None:
             descriptor = manifest.descriptor(digest, len(body))
             steps.append(self.indexes.add_referrer(name, manifest.subject.digest, descriptor))
         await asyncio.gather(*steps)
-        return PutResult(digest, manifest.subject.digest if manifest.subject else None)
+        return PutResult(digest, manifest.subject.digest if manifest.subject else None, tags)
 
     async def _write_by_digest(self, name: str, digest: str, body: bytes, media_type: str) -> None:
         if not self.known.vouched(name, Kind.MANIFEST, digest):
@@ -80,21 +100,28 @@ class Manifests:
                 await run(write, key, body, media_type, layout.MANIFEST_CACHE_IMMUTABLE)
         self.known.wrote(name, Kind.MANIFEST, digest, len(body))
 
-    async def _write_tag(self, name: str, tag: str, body: bytes, media_type: str) -> None:
-        """Write the tag, then the tags list unless the tag was already in it.
+    async def _write_tags(self, name: str, tags: tuple[str, ...], body: bytes, media_type: str) -> None:
+        """Write the tags, then the tags list unless every tag was already in it.
 
         Without deletes a tag, once there, stays: a tag this process listed (or wrote and listed) needs no
         rebuild. Otherwise the rebuild starts from the tags memory knows, and its look after the write corrects.
         """
-        await run(self.storage.put_bytes, layout.manifest(name, tag), body, media_type, layout.MUTABLE_CACHE)
+        put = partial(self.storage.put_bytes, content_type=media_type, cache_control=layout.MUTABLE_CACHE)
+        await asyncio.gather(*(run(put, layout.manifest(name, tag), body) for tag in tags))
         known_tags = self.known.tags(name)
-        if self.known.deletes_enabled or known_tags is None or tag not in known_tags:
-            await self.indexes.refresh_tags(name, None if known_tags is None else known_tags | {tag})
-        self.known.wrote(name, Kind.MANIFEST, tag, len(body))
+        if self.known.deletes_enabled or known_tags is None or not set(tags) <= known_tags:
+            await self.indexes.refresh_tags(name, None if known_tags is None else known_tags | set(tags))
+        for tag in tags:
+            self.known.wrote(name, Kind.MANIFEST, tag, len(body))
 
     @staticmethod
-    def _digest_for(reference: str, body: bytes) -> str:
-        """By digest, the body must hash to the reference; by tag, the manifest is keyed by its sha256."""
+    def _digest_for(reference: str, body: bytes, named: str | None = None) -> str:
+        """By digest, the body must hash to the reference; by tag, the manifest is keyed by its sha256, or by the
+        digest the client named (which it must hash to)."""
+        if named is not None and named != reference:
+            if is_digest(reference) or digest_of(body, algorithm_of(named)) != named:
+                raise DigestInvalid("manifest does not hash to the digest given", detail={"digest": named})
+            return named
         if not is_digest(reference):
             return sha256_digest(body)
         actual = digest_of(body, algorithm_of(reference))
@@ -108,6 +135,8 @@ class Manifests:
     async def _require_references(self, name: str, manifest: Manifest) -> None:
         blobs = [d.digest for d in manifest.blobs if not d.external]
         await self.publishing.settle(name, blobs)  # blobs acknowledged to the client, still on their way
+        if self.sparse:
+            return
         missing = await self.known.missing(name, blobs, [d.digest for d in manifest.children])
         if missing:
             raise ManifestBlobUnknown(
@@ -120,8 +149,17 @@ class Manifests:
         if found is None:
             raise ManifestUnknown("manifest unknown", detail={"name": name, "reference": reference})
         body, info = found
-        digest = reference if is_digest(reference) else sha256_digest(body)
+        digest = reference if is_digest(reference) else await self._tag_digest(name, body)
         return StoredManifest(body, info.content_type, digest)
+
+    async def _tag_digest(self, name: str, body: bytes) -> str:
+        """A tag's manifest is named by its sha256, unless it was pushed named by its sha512: then only that key
+        exists. Looked for only in a manifest naming sha512 content, so other tags cost no extra request."""
+        if b'"sha512:' in body:
+            sha512 = digest_of(body, "sha512")
+            if await run(self.storage.stat, layout.manifest(name, sha512)) is not None:
+                return sha512
+        return sha256_digest(body)
 
     async def delete(self, name: str, reference: str) -> None:
         """Delete a tag, or a manifest by digest together with every tag pointing at it."""

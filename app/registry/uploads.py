@@ -389,7 +389,7 @@ class _BatchWriter:
         self.running = running
         self.size = size  # on disk once the batch in flight is written
         self.parts = parts
-        self.received = RECEIVED_BYTES.labels(upload.name)
+        self.received = RECEIVED_BYTES
         self.batch: list[bytes] = []
         self.batch_bytes = 0
         self.inflight: Future[int] | None = None

@@ -7,21 +7,25 @@ instead of creating an empty `./data` and calling it clean, and `uploads list` d
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import sys
 import time
 from collections.abc import Callable
 
+from app.events import Notifier, Origin, Target
 from app.registry import open_uploads
 from app.settings import Settings, load_settings
 from app.storage import Storage, StorageFault, open_storage
 from app.tools.fsck import fsck
-from app.tools.gc import DEFAULT_GRACE_SECONDS, gc
+from app.tools.gc import DEFAULT_GRACE_SECONDS, Removal, gc
 
 EXIT_PROBLEMS = 1
 EXIT_STORAGE = 3
 DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+GC_EVENTS_SECONDS = 30.0  # how long gc tries to deliver its events; the rest is left for the service
+GC_ACTOR = "gc"
 
 
 def existing_store(settings: Settings) -> Storage:
@@ -49,9 +53,21 @@ def run_fsck(args: argparse.Namespace) -> int:
 
 def run_gc(args: argparse.Namespace) -> int:
     settings = load_settings()
+    notifier = Notifier(settings)  # before anything is deleted: a wrong events setting stops gc here
     report = gc(existing_store(settings), delete=args.delete, grace_seconds=args.grace_seconds)
     say_if_empty("gc", settings, report.keys)
+    announce(notifier, report.removed)
     return 0
+
+
+def announce(notifier: Notifier, removed: list[Removal]) -> None:
+    """A `gc.delete` event per removed manifest and blob, delivered now or by the service after its restart."""
+    if not notifier.enabled:
+        return
+    for removal in removed:
+        target = Target(removal.repository, removal.digest, removal.media_type)
+        notifier.publish("gc.delete", target, Origin(actor=GC_ACTOR))
+    asyncio.run(notifier.deliver_then_stop(GC_EVENTS_SECONDS))
 
 
 def run_copy(args: argparse.Namespace) -> int:

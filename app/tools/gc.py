@@ -25,6 +25,7 @@ from typing import TextIO
 
 from app import layout
 from app.registry import indexes
+from app.registry.references import digest_of
 from app.storage import Storage
 from app.storage.base import MultipartStorage
 from app.tools.inventory import (
@@ -40,8 +41,18 @@ from app.tools.inventory import (
 DEFAULT_GRACE_SECONDS = 24 * 3600
 
 
+@dataclass(frozen=True)
+class Removal:
+    """A manifest or blob gc deleted (what `storj-registry gc` announces as events)."""
+
+    repository: str
+    digest: str
+    media_type: str
+
+
 @dataclass
 class Report:
+    keys: int = 0  # every key of the store (0: nothing was ever pushed there)
     repositories: int = 0
     manifests: int = 0
     blobs: int = 0
@@ -49,6 +60,7 @@ class Report:
     recent: int = 0
     deleted: int = 0
     skipped: list[str] = field(default_factory=list)
+    removed: list[Removal] = field(default_factory=list)
 
     def summary(self, delete: bool) -> str:
         outcome = f"{self.deleted} deleted" if delete else f"{self.garbage - self.recent} would be deleted (dry run)"
@@ -90,7 +102,8 @@ def reachable(stored: Iterable[StoredManifest], roots: Iterable[str] = ()) -> Re
             referrers.setdefault(item.manifest.subject.digest, []).append(digest)
     kept: set[str] = set()
     blobs: set[str] = set()
-    pending = [tag.digest for tag in tags] + list(roots)
+    # A tag keeps each digest key its bytes hash to: the sha256 one, and a sha512 one if it was pushed named so.
+    pending = [tag.digest for tag in tags] + [digest_of(tag.body, "sha512") for tag in tags] + list(roots)
     while pending:
         digest = pending.pop()
         if digest in kept:
@@ -155,14 +168,17 @@ class Collector:
             self.report.garbage -= sum(digest in alive.manifests for digest in old)
         dropped = [digest for digest in old if digest not in alive.manifests]
         for digest in dropped:
-            self.remove(layout.manifest(name, digest), partial(self.forget_manifest, name, alive.by_digest[digest]))
+            item = alive.by_digest[digest]
+            if self.remove(layout.manifest(name, digest), partial(self.forget_manifest, name, item)):
+                self.report.removed.append(Removal(name, digest, item.manifest.media_type if item.manifest else ""))
         candidates = sorted(repository.blobs - alive.blobs)
         if self.delete and dropped and candidates:
             alive = self.look_again(name, set(dropped))
             if alive.unreadable:
                 return
         for digest in self.old_enough([d for d in candidates if d not in alive.blobs], partial(layout.blob, name)):
-            self.remove(layout.blob(name, digest), partial(self.storage.delete, layout.blob(name, digest)))
+            if self.remove(layout.blob(name, digest), partial(self.storage.delete, layout.blob(name, digest))):
+                self.report.removed.append(Removal(name, digest, layout.OCTET_STREAM))
             self.deleted_blobs.add(digest)
 
     def look_again(self, name: str, dropped: set[str]) -> Reachability:
@@ -197,13 +213,15 @@ class Collector:
                 old.append(name)
         return old
 
-    def remove(self, key: str, delete: Callable[[], None]) -> None:
+    def remove(self, key: str, delete: Callable[[], None]) -> bool:
+        """Delete (True), or only report in a dry run (False)."""
         if not self.delete:
             print(f"would-delete {key}", file=self.out, flush=True)
-            return
+            return False
         delete()
         self.report.deleted += 1
         print(f"deleted {key}", file=self.out, flush=True)
+        return True
 
     def forget_manifest(self, name: str, item: StoredManifest) -> None:
         """Delete a manifest by digest, and its entry in the referrers index of its subject."""
@@ -236,5 +254,6 @@ def gc(
     out = out or sys.stdout
     inventory = take_inventory(storage, progress)
     report = Collector(storage, grace_seconds, delete, out, progress).collect(inventory)
+    report.keys = inventory.keys
     progress.say(report.summary(delete))
     return report

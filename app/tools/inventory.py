@@ -180,14 +180,25 @@ class StoredManifest:
         return self.manifest is not None and (not self.by_digest or self.digest == self.reference)
 
 
-def read_manifest(storage: Storage, name: str, reference: str) -> StoredManifest | None:
-    """Read and parse one manifest object; None when it vanished since the listing."""
+def read_manifest(
+    storage: Storage, name: str, reference: str, digests: frozenset[str] | set[str] = frozenset()
+) -> StoredManifest | None:
+    """Read and parse one manifest object; None when it vanished since the listing.
+
+    A tag's manifest is named by its sha256, or by its sha512 when it was pushed named so (`digests`, the
+    repository's digest keys, then hold that one and not the sha256).
+    """
     key = layout.manifest(name, reference)
     found = storage.read_small(key)
     if found is None:
         return None
     body, info = found
-    algorithm = algorithm_of(reference) if DIGEST_RE.fullmatch(reference) else "sha256"
+    if DIGEST_RE.fullmatch(reference):
+        algorithm = algorithm_of(reference)
+    elif digest_of(body) not in digests and digest_of(body, "sha512") in digests:
+        algorithm = "sha512"
+    else:
+        algorithm = "sha256"
     try:
         manifest, error = parse_stored(body, info.content_type), None
     except ManifestInvalid as exc:
@@ -209,7 +220,7 @@ def read_manifests(storage: Storage, repository: Repository, progress: Progress)
     Read READ_AHEAD at a time in parallel: one GET each, and on Storj each GET is a round trip of tens of ms.
     """
     references = sorted(repository.digests) + sorted(repository.tags)
-    read = partial(read_manifest, storage, repository.name)
+    read = partial(read_manifest, storage, repository.name, digests=repository.digests)
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         for start in range(0, len(references), READ_AHEAD):
             for done, stored in enumerate(pool.map(read, references[start : start + READ_AHEAD]), start=start + 1):

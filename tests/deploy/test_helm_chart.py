@@ -12,11 +12,13 @@ import copy
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from app.mirror.sync import SyncConfig
 from app.settings import Settings
 
 from ._support import CHART_DIR, require_module
@@ -81,7 +83,42 @@ TOKEN_AUTH: dict[str, Any] = {
     "trustedProxies": "10.0.0.0/8, 192.168.0.0/16",
     "serviceUrl": "https://push.example.com",
 }
+GITHUB = "https://token.actions.githubusercontent.com"
+CI_RULES = (
+    f"rules:\n  - issuer: {GITHUB}\n    claims: {{repository_owner: acme}}\n"
+    "    repositories: ['acme/*']\n    actions: [push]\n"
+)
+RECEIVER = {
+    "name": "deploys",
+    "url": "https://deploy.example.com/hook",
+    "secret": "receiver-shared-secret",
+    "headers": {"Authorization": "Bearer receiver-token"},
+    "events": ["manifest.push"],
+    "repositories": ["prod/*"],
+}
+OIDC_EVENTS: dict[str, Any] = {
+    **S3,
+    "auth": {"access": CI_RULES, "oidc": {"issuers": [{"issuer": GITHUB, "audience": "push.example.com"}]}},
+    "events": {"endpoints": [RECEIVER], "auditLog": "/dev/stdout"},
+}
+SYNC_CONFIG: dict[str, Any] = {
+    "mirrors": [
+        {"source": "docker://registry-1.docker.io/library/alpine", "destination": "mirror/alpine", "newest": 3},
+        {"source": "docker://ghcr.io/team/app", "tags": ["v1"], "credentials_env": "GHCR_CREDS"},
+    ]
+}
+SYNC: dict[str, Any] = {
+    **S3,
+    "sync": {
+        "enabled": True,
+        "config": SYNC_CONFIG,
+        "dockerConfigSecret": "upstream-logins",
+        "extraEnv": [{"name": "GHCR_CREDS", "valueFrom": {"secretKeyRef": {"name": "ghcr", "key": "creds"}}}],
+    },
+}
 VALUE_SETS: dict[str, dict[str, Any]] = {
+    "sync": SYNC,
+    "oidc-events": OIDC_EVENTS,
     "defaults": {},
     "token-auth": TOKEN_AUTH,
     "ingress-tls": INGRESS_TLS,
@@ -664,3 +701,65 @@ def test_the_ingress_publishes_the_token_endpoint_only_when_the_service_issues_t
     external["auth"]["token"]["realm"] = "https://sso.example.com/token"
     assert paths(external) == ["/v2"]
     assert paths(INGRESS_TLS) == ["/v2"]
+
+
+def test_ci_issuers_and_event_receivers_reach_the_service_with_secrets_only_in_the_secret(
+    chart: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered = render(chart, OIDC_EVENTS)
+    env = rendered.env()
+    secret = rendered.one("Secret")
+    endpoints_ref = env["REGISTRY_EVENTS_ENDPOINTS"]["valueFrom"]["secretKeyRef"]
+    assert endpoints_ref == {"name": secret["metadata"]["name"], "key": "events-endpoints.json"}
+    endpoints = base64.b64decode(secret["data"]["events-endpoints.json"]).decode()
+    auth_dir = rendered.mount("htpasswd")["mountPath"]
+    for name in ("REGISTRY_AUTH_OIDC_ISSUERS", "REGISTRY_AUTH_ACCESS", "REGISTRY_EVENTS_AUDIT_LOG"):
+        monkeypatch.setenv(name, env[name]["value"])
+    monkeypatch.setenv("REGISTRY_EVENTS_ENDPOINTS", endpoints)
+    settings = Settings()  # as the pod reads its environment
+    assert settings.auth_access == Path(f"{auth_dir}/access.yaml")
+    assert [entry.issuer for entry in settings.auth_oidc_issuers] == [GITHUB]
+    assert settings.events_endpoints[0].secret == "receiver-shared-secret"
+    assert settings.events_endpoints[0].repositories == ("prod/*",)
+    assert [item["path"] for item in rendered.volume("htpasswd")["secret"]["items"]] == ["access.yaml"]
+    assert all("receiver-shared-secret" not in yaml.safe_dump(m) for m in rendered.manifests if m["kind"] != "Secret")
+
+
+def test_existing_secret_holds_the_event_receivers(chart: Any) -> None:
+    rendered = render(chart, {**OIDC_EVENTS, "existingSecret": "mine", "secretKeys": {"eventsEndpoints": "hooks"}})
+    assert "Secret" not in rendered.kinds()
+    reference = rendered.env()["REGISTRY_EVENTS_ENDPOINTS"]["valueFrom"]["secretKeyRef"]
+    assert reference == {"name": "mine", "key": "hooks"}
+
+
+# --- scheduled sync -------------------------------------------------------------------------------
+
+
+def test_sync_cronjob_runs_the_configured_mirrors_with_the_service_storage_settings(chart: Any) -> None:
+    rendered = render(chart, SYNC)
+    job = rendered.one("CronJob")["spec"]
+    assert job["concurrencyPolicy"] == "Forbid"
+    pod = job["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["sync", "/etc/storj-registry/sync/sync.yaml"]
+    env = {item["name"]: item for item in container["env"]}
+    for name, item in rendered.env().items():  # the same bucket as the service, credentials from its Secret
+        if name.startswith(("REGISTRY_S3_", "REGISTRY_STORAGE", "REGISTRY_STAGING_DIR")):
+            assert env[name] == item, name
+    assert env["DOCKER_CONFIG"]["value"] == "/etc/storj-registry/docker"
+    assert env["GHCR_CREDS"]["valueFrom"]["secretKeyRef"] == {"name": "ghcr", "key": "creds"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounts["staging"] == STAGING_DIR and mounts["tmp"] == "/tmp"
+    config_map = rendered.one("ConfigMap")
+    assert SyncConfig.model_validate(yaml.safe_load(config_map["data"]["sync.yaml"])).mirrors[0].newest == 3
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert volumes["docker-config"]["secret"]["items"] == [{"key": ".dockerconfigjson", "path": "config.json"}]
+
+
+def test_sync_is_refused_without_mirrors_or_on_filesystem_storage(chart: Any) -> None:
+    with pytest.raises(helm.HelmError, match="lists nothing to copy"):
+        render(chart, {**S3, "sync": {"enabled": True}})
+    with pytest.raises(helm.HelmError, match=r"needs storage\.type s3"):
+        render(chart, {"storage": {"type": "filesystem"}, "sync": {"enabled": True, "config": SYNC_CONFIG}})

@@ -51,7 +51,7 @@ def docker_digest(output: str) -> str:
 
 
 def metric(service_url: str, name: str, **labels: str) -> float:
-    """One sample of the service's /metrics, e.g. `registry_received_bytes_total{repository=...}` (0 when absent)."""
+    """One sample of the service's /metrics, e.g. `registry_committed_blobs_total{how=...}` (0 when absent)."""
     text = httpx.get(f"{service_url}/metrics", timeout=10).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

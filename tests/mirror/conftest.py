@@ -35,6 +35,7 @@ SETTING_FIELDS = (
     "s3_region",
     "s3_prefix",
     "s3_max_attempts",
+    "s3_part_size",
 )
 
 

@@ -14,6 +14,7 @@ from app.tools.fsck import fsck
 from tests.e2e.clients import skopeo, skopeo_copy
 from tests.mirror.conftest import Run, pull_all, pulled_digest
 from tests.support.images import blob_path, make_layer, write_image, write_index
+from tests.support.tools import free_port
 
 
 def fsck_problems(settings: Settings) -> list[str]:
@@ -95,6 +96,7 @@ def test_usage_errors_exit_2_and_missing_images_exit_1(
 ) -> None:
     write_image(tmp_path / "layout", "v1", [make_layer(7, 100)])
     assert cli(settings, "copy", f"oci:{tmp_path / 'layout'}", "Bad/Name").status == 2
+    assert cli(settings, "copy", f"oci:{tmp_path / 'layout'}", "x/manifests/v1").status == 2  # inside x's keys
     assert cli(settings, "copy", "ftp://example/app", "team/app").status == 2
     assert cli(settings, "copy", "--platform", "linux", f"oci:{tmp_path / 'layout'}", "team/app").status == 2
     missing = cli(settings, "copy", f"oci:{tmp_path / 'layout'}:v9", "team/app")
@@ -113,3 +115,19 @@ def test_json_summary_of_a_rerun_shows_nothing_written(
     total = rerun.json()["total"]
     assert (total["blobs_uploaded"], total["manifests_written"], total["manifests_present"]) == (0, 0, 1)
     assert json.loads(rerun.out)["jobs"][0]["ok"] is True
+
+
+def test_an_unreachable_bucket_exits_3(cli: Callable[..., Run], tmp_path: Path) -> None:
+    write_image(tmp_path / "layout", "v1", [make_layer(9, 100)])
+    settings = Settings(
+        storage="s3",
+        s3_endpoint=f"http://127.0.0.1:{free_port()}",
+        s3_bucket="gone",
+        s3_access_key="key",
+        s3_secret_key="secret",
+        s3_max_attempts=1,
+        staging_dir=tmp_path / "staging",
+    )
+    run = cli(settings, "copy", f"oci:{tmp_path / 'layout'}:v1", "team/app")
+    assert run.status == 3
+    assert "unavailable" in run.err

@@ -165,11 +165,12 @@ def test_inspection_in_a_directory_without_a_store_says_so_and_creates_nothing(t
     assert list(tmp_path.iterdir()) == []
 
 
-def test_inspection_of_an_empty_store_says_it_is_empty(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["fsck", "gc"])
+def test_inspection_of_an_empty_store_says_it_is_empty(tmp_path: Path, command: str) -> None:
     FilesystemStorage(tmp_path / "data")  # what `serve` creates before anything is pushed
-    done = run(tmp_path, "fsck")
+    done = run(tmp_path, command)
     assert done.returncode == 0, done.stderr
-    assert "the store is empty: nothing was ever pushed to" in done.stderr
+    assert f"{command}: the store is empty: nothing was ever pushed to" in done.stderr
 
 
 # --- abandoned uploads --------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ before the first one is answered: a limit that is checked first and counted late
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import pytest
 
 from app.settings import Settings
 from tests.security.conftest import PASSWORDS
-from tests.support.pushing import push_image
+from tests.security.raw import RawClient, read
+from tests.support.pushing import push_blob, push_image
 
 Serve = Callable[[Settings], str]
 SLOW_COST = 10  # tens of ms per check: a burst overlaps itself for sure
@@ -81,3 +83,58 @@ def test_password_checks_cannot_starve_a_pull(
     status, answered_before_the_pull, total = asyncio.run(scenario())
     assert status == 200
     assert answered_before_the_pull < total // 2, answered_before_the_pull
+
+
+def open_sessions(settings: Settings) -> set[str]:
+    return {path.name for path in settings.staging_dir.iterdir()}
+
+
+def test_a_burst_of_session_starts_keeps_the_clients_newest_sessions(
+    auth_settings: Callable[..., Settings], serve: Serve
+) -> None:
+    settings = auth_settings(max_sessions_per_client=3, trusted_proxies="127.0.0.0/8")
+    url = serve(settings)
+    requests = [("POST", "/v2/team/app/blobs/uploads/", ("bob", PASSWORDS["bob"])) for _ in range(10)]
+    assert asyncio.run(burst(url, requests)) == [202] * 10  # idle sessions of the same client make room
+    assert len(open_sessions(settings)) == 3
+    with httpx.Client(base_url=url, auth=("bob", PASSWORDS["bob"])) as bob:  # one after another: the same
+        for _ in range(10):
+            assert bob.post("/v2/team/app/blobs/uploads/").status_code == 202
+        assert len(open_sessions(settings)) == 3
+        other = bob.post("/v2/team/app/blobs/uploads/", headers={"X-Forwarded-For": "198.51.100.7"})
+        assert other.status_code == 202  # another client's sessions are its own
+        assert len(open_sessions(settings)) == 4
+
+
+def test_sessions_with_requests_in_progress_are_never_dropped(
+    auth_settings: Callable[..., Settings], serve: Serve
+) -> None:
+    settings = auth_settings(max_sessions_per_client=2)
+    url = serve(settings)
+    auth = {"Authorization": httpx.BasicAuth("bob", PASSWORDS["bob"])._auth_header}
+    with httpx.Client(base_url=url, auth=("bob", PASSWORDS["bob"])) as bob:
+        locations = [bob.post("/v2/team/app/blobs/uploads/").headers["location"] for _ in range(2)]
+        streams = [
+            RawClient(url).send_head("PATCH", location, {**auth, "Content-Length": "100"}) for location in locations
+        ]
+        for stream in streams:
+            stream.send(b"half")
+        time.sleep(0.5)  # both PATCHes are inside the service, holding their sessions
+        refused = bob.post("/v2/team/app/blobs/uploads/")
+        assert refused.status_code == 429 and refused.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
+        for stream in streams:
+            stream.send(b"x" * 96)
+            assert read(stream.getresponse()).status == 202
+        assert bob.post("/v2/team/app/blobs/uploads/").status_code == 202  # now an idle one makes room
+        assert len(open_sessions(settings)) == 2
+
+
+def test_metrics_name_no_repository(auth_settings: Callable[..., Settings], serve: Serve) -> None:
+    """A blob-only private repository: the anonymous catalog refuses to list it, and /metrics does not tell either."""
+    url = serve(auth_settings())
+    with httpx.Client(base_url=url, auth=("alice", PASSWORDS["alice"])) as alice:
+        for i in range(20):
+            push_blob(alice, f"secret/hidden-{i}", b"private bytes")
+    assert httpx.get(f"{url}/v2/_catalog").status_code == 401
+    metrics = httpx.get(f"{url}/metrics").text
+    assert "hidden" not in metrics and "secret" not in metrics

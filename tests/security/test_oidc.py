@@ -27,6 +27,7 @@ from tests.conftest import filesystem_settings
 from tests.security.tokenflow import TokenAuth
 from tests.support.oidc_issuer import DISCOVERY, JWKS, Issuer, running_issuer
 from tests.support.pushing import push_image
+from tests.support.tools import free_port
 
 Serve = Callable[[Settings], str]
 AUDIENCE = "registry.test"
@@ -176,26 +177,41 @@ def test_rotated_keys_are_fetched_once_and_invented_kids_do_not_hammer_the_issue
     oidc_settings: Callable[..., Settings], serve: Serve, github: Issuer, gitlab: Issuer, tmp_path: Path
 ) -> None:
     settings = oidc_settings()
-    issuers = [entry.model_copy(update={"refresh_seconds": 1.0}) for entry in settings.auth_oidc_issuers]
+    issuers = [entry.model_copy(update={"refresh_seconds": 2.0}) for entry in settings.auth_oidc_issuers]
     url = serve(settings.model_copy(update={"auth_oidc_issuers": tuple(issuers)}))
     with httpx.Client(base_url=url) as client:
         for _ in range(5):
             assert client.get("/v2/", auth=workload(github.github(AUDIENCE))).status_code == 200
         assert github.requests == {DISCOVERY: 1, JWKS: 1}  # keys kept, not fetched per request
         assert gitlab.requests == {}  # nor before a token of that issuer arrives
-        time.sleep(1.1)  # the refresh interval of the test's issuer has passed
+        time.sleep(2.1)  # the refresh interval of the test's issuer has passed
         github.rotate()
         for _ in range(5):
             assert client.get("/v2/", auth=workload(github.github(AUDIENCE))).status_code == 200
         assert github.requests[JWKS] == 2  # one fetch for the new kid, then it is known
-        time.sleep(1.1)
-        for _ in range(20):
-            stranger = Issuer(url=github.url, algorithm="RS256")
-            stranger.rotate()
-            claims = github.claims(AUDIENCE, sub="x", repository_owner="acme")
-            assert client.get("/v2/", auth=workload(stranger.sign(claims))).status_code == 401
+        stranger = Issuer(url=github.url, algorithm="RS256")
+        stranger.rotate()
+        claims = github.claims(AUDIENCE, sub="x", repository_owner="acme")
+        forged = [stranger.sign(claims, headers={"kid": f"invented-{number}"}) for number in range(20)]
+        time.sleep(2.1)
+        for token in forged:  # well within one refresh interval
+            assert client.get("/v2/", auth=workload(token)).status_code == 401
         assert github.requests[JWKS] == 3  # twenty unknown kids, one fetch
         assert github.requests[DISCOVERY] == 1
+
+
+def test_an_unreachable_issuer_is_a_401_not_a_500(tmp_path: Path, serve: Serve) -> None:
+    issuer = Issuer(url=f"http://127.0.0.1:{free_port()}", algorithm="ES256")  # nothing listens there
+    issuer.rotate()
+    access = tmp_path / "access.yaml"
+    rule = f"{{issuer: '{issuer.url}', claims: {{sub: '*'}}, repositories: ['*'], actions: [pull]}}"
+    access.write_text(f"rules: [{rule}]")
+    entry = {"issuer": issuer.url, "audience": AUDIENCE}
+    url = serve(filesystem_settings(tmp_path, auth_access=access, auth_oidc_issuers=[entry], auth_max_failures=0))
+    for _ in range(3):
+        answer = httpx.get(f"{url}/v2/", auth=workload(issuer.gitlab(AUDIENCE)))
+        assert answer.status_code == 401
+        assert "could not be fetched" in answer.json()["errors"][0]["message"]
 
 
 def test_keys_from_a_local_jwks_file(tmp_path: Path, serve: Serve) -> None:

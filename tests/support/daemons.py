@@ -1,8 +1,8 @@
 """Genuine docker and containerd daemons for the end-to-end tier, private to one test session.
 
 Each daemon gets its own root, state and unix sockets under a fresh directory and binds no TCP port:
-dockerd runs without iptables, bridge or overlayfs (`vfs`), containerd without its CRI plugin. Both are
-started in their own process group, die with the test process (PR_SET_PDEATHSIG), and `stop()` kills them
+dockerd runs without iptables or bridge (on `vfs` unless asked for overlay2), containerd without its CRI plugin.
+Both are started in their own process group, die with the test process (PR_SET_PDEATHSIG), and `stop()` kills them
 even when a test failed.
 """
 
@@ -88,8 +88,11 @@ def require_root(daemon: str) -> None:
     pytest.skip(message)
 
 
-def start_dockerd() -> Daemon:
-    """dockerd from Debian's docker.io, listening only on a unix socket; `run()` drives the docker CLI."""
+def start_dockerd(storage_driver: str = "vfs") -> Daemon:
+    """dockerd from Debian's docker.io, listening only on a unix socket; `run()` drives the docker CLI.
+
+    vfs works on any filesystem but copies every layer whole; overlay2 (the image tier's, which builds) does not.
+    """
     dockerd = require_tool("dockerd")
     require_root("dockerd")
     directory = _private_dir("dockerd-")
@@ -101,7 +104,7 @@ def start_dockerd() -> Daemon:
         "--iptables=false",
         "--ip6tables=false",
         "--bridge=none",
-        "--storage-driver=vfs",
+        f"--storage-driver={storage_driver}",
         f"--host=unix://{socket}",
         f"--data-root={directory / 'data'}",
         f"--exec-root={directory / 'exec'}",

