@@ -53,6 +53,5 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             warming.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warming
-            await registry.blobs.publishing.drain()
-            await registry.records.settle()
+            await registry.settle()
             await notifier.stop()

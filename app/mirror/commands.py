@@ -40,10 +40,13 @@ def copy_command(args: argparse.Namespace) -> int:
 
     async def copy() -> Outcome:
         events = reporter(args.json)
-        copier = Copier(build_registry(settings), events, platform=platform, with_referrers=not args.no_referrers)
+        registry = build_registry(settings)
+        copier = Copier(registry, events, platform=platform, with_referrers=not args.no_referrers)
         try:
+            await registry.warm()  # the location records: blobs in other repositories are copied, not sent
             return await run_job(copier, source, args.source, None, name, tag)
         finally:
+            await registry.settle()  # writes still behind (a copy cut short): verified blobs, location records
             events.close()
             await source.aclose()
 
@@ -61,9 +64,12 @@ def sync_command(args: argparse.Namespace) -> int:
 
     async def sync() -> list[Outcome]:
         events = reporter(args.json)
+        registry = build_registry(settings)
         try:
-            return await run_sync(build_registry(settings), config, events)
+            await registry.warm()
+            return await run_sync(registry, config, events)
         finally:
+            await registry.settle()  # writes still behind (a sync cut short): verified blobs, location records
             events.close()
 
     outcomes = asyncio.run(sync())

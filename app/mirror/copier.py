@@ -169,7 +169,7 @@ class Copier:
     async def _blob(self, source: Source, name: str, blob: Descriptor) -> None:
         async with self._blob_slots:
             blobs = self.registry.blobs
-            if await blobs.stat(name, blob.digest) is not None:
+            if await blobs.size(name, blob.digest) is not None:
                 self.tally.blobs_present += 1
                 self.events.blob_finished(blob.digest, "present")
             elif await blobs.share(name, blob.digest, _anywhere) is not None:

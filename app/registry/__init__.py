@@ -43,6 +43,11 @@ class Registry:
         if self.settings.share_blobs:
             await self.records.load()
 
+    async def settle(self) -> None:
+        """Finish the writes that go on behind answers: verified blobs, location records (before an exit)."""
+        await self.blobs.publishing.drain()
+        await self.records.settle()
+
 
 def open_uploads(settings: Settings, storage: Storage | None, *, create: bool = True) -> Uploads:
     """The staging directory's sessions, with S3 multipart uploads overlapped when the store supports them."""

@@ -54,11 +54,14 @@ class Blobs:
         self._deleted: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.publishing = Publishing(uploads, self._publish_verified)
 
+    async def size(self, name: str, digest: str) -> int | None:
+        """The blob's size if the repository holds it (or it is verified and on its way there), else None."""
+        pending = self.publishing.size(name, digest)
+        return pending if pending is not None else await self.known.size(name, Kind.BLOB, digest)
+
     async def require(self, name: str, digest: str, share_from: SourceCheck | None = None) -> ObjectInfo:
         """The blob's info, or BLOB_UNKNOWN; with `share_from`, first try copying it from another repository."""
-        size = self.publishing.size(name, digest)
-        if size is None:
-            size = await self.known.size(name, Kind.BLOB, digest)
+        size = await self.size(name, digest)
         if size is None and share_from is not None and (name, digest) not in self._deleted:
             size = await self.share(name, digest, share_from)
         if size is None:

@@ -106,10 +106,10 @@ class Known:
         blobs.listed_at = -math.inf  # the listing no longer tells the truth about `digest`: ask again
 
     def holders(self, digest: str) -> list[str]:
-        """Repositories this process knows to hold the blob right now (most recently used first)."""
+        """Repositories this process knows to hold the blob right now (longest known first)."""
         now = self.clock()
         holders = []
-        for name, repository in reversed(self._repositories.items()):
+        for name, repository in self._repositories.items():
             seen = repository.blobs.seen.get(digest)
             if seen is not None and (now - seen.at < LISTING_TTL_S or (seen.written and now - seen.at < WRITE_TRUST_S)):
                 holders.append(name)

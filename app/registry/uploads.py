@@ -41,6 +41,7 @@ log = logging.getLogger("storj_registry")
 
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 VERIFIED = "verified"  # in a session directory: the digest its bytes were verified as
+MARKER_ATTEMPTS = 3
 VERIFIED_MARKERS = "verified"  # <staging>/verified/<digest>/<upload id>: {"name", "size"} of verified sessions
 WRITE_BATCH = 1024 * 1024
 IOV_MAX = 1024
@@ -237,8 +238,9 @@ class Uploads:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             marker = self._marker((directory / VERIFIED).read_text(), directory.name)
             marker.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                marker.parent.rmdir()  # when no other session holds this digest
+            with contextlib.suppress(OSError):  # empty folders go, so an idle staging disk holds only sessions
+                marker.parent.rmdir()
+                marker.parent.parent.rmdir()
         shutil.rmtree(directory, ignore_errors=True)
 
     # verified sessions: acknowledged to the client, on their way to the bucket (app.registry.publishing) ------
@@ -248,8 +250,14 @@ class Uploads:
         shares the staging disk can publish it (`find_verified`)."""
         (upload.directory / VERIFIED).write_text(digest)
         marker = self._marker(digest, upload.id)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"name": upload.name, "size": size}))
+        for attempt in range(MARKER_ATTEMPTS):
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                marker.write_text(json.dumps({"name": upload.name, "size": size}))
+                return
+            except FileNotFoundError:  # another session's removal took the empty folder just now
+                if attempt + 1 == MARKER_ATTEMPTS:
+                    raise
 
     def verified_digest(self, name: str, upload_id: str) -> str | None:
         """The digest a session of `name` was verified as, or None (not verified, unknown, another repository)."""

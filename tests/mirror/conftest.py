@@ -36,6 +36,8 @@ SETTING_FIELDS = (
     "s3_prefix",
     "s3_max_attempts",
     "s3_part_size",
+    "share_min_bytes",
+    "publish_in_background",
 )
 
 
