@@ -12,7 +12,7 @@ The tiers that caught what the hardening review found: names that reach into ano
 surrogates), page sizes that are digits but not ASCII decimals, Basic credentials that are not ASCII.
 
 Examples are bounded (200 per test, `FUZZ_EXAMPLES` to change; under CI=true a fixed, derandomized set), so the
-module takes well under a minute.
+module takes about a minute.
 """
 
 from __future__ import annotations
