@@ -276,10 +276,10 @@ def test_mount_and_from(target: Target, mount: str | None, source: str | None, n
 
 
 def json_values() -> st.SearchStrategy[Any]:
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), ANY_TEXT)
     return st.recursive(
         scalars,
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4),
         max_leaves=20,
     )
 
@@ -304,7 +304,9 @@ def descriptors(draw: st.DrawFn, target: Target) -> dict[str, Any]:
 
 @st.composite
 def manifests(draw: st.DrawFn, target: Target) -> bytes:
-    shape = draw(st.sampled_from(["structured", "json", "bytes", "duplicate", "deep", "huge", "many"]))
+    shape = draw(
+        st.sampled_from(["structured", "json", "bytes", "duplicate", "duplicate-text", "deep", "huge", "many"])
+    )
     if shape == "many":  # around the descriptor limit, every one of them a blob the repository holds
         document = json.loads(image_manifest(CONFIG_BLOB, [LAYER_BLOB]))
         document["layers"] *= draw(st.integers(MAX_DESCRIPTORS - 2, MAX_DESCRIPTORS * 20))
@@ -315,6 +317,9 @@ def manifests(draw: st.DrawFn, target: Target) -> bytes:
         return json.dumps(draw(json_values())).encode()
     if shape == "duplicate":
         return b'{"schemaVersion":2,"mediaType":"%s","schemaVersion":2,"config":{},"layers":[]}' % OCI_MANIFEST.encode()
+    if shape == "duplicate-text":  # the refusal names the key, whatever text it is
+        key = json.dumps(draw(ANY_TEXT))
+        return f'{{"schemaVersion":2,{key}:1,{key}:2}}'.encode()
     if shape == "deep":
         depth = draw(st.integers(100, 200_000))
         return b'{"schemaVersion":2,"layers":' + b"[" * depth + b"]" * depth + b"}"
