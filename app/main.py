@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from app import edge
-from app.api import base, blobs, health, manifests, tags, uploads
+from app.api import base, blobs, health, manifests, page, tags, uploads
 from app.api.health import Readiness
 from app.events import Notifier
 from app.lifecycle import Drain
@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     instrument_storage(app.state.registry.storage)
     base.install_error_handlers(app)
     # Order matters: upload routes before blob routes, both before the catch-all shapes of manifests.
-    for module in (base, health, uploads, blobs, manifests, tags):
+    for module in (base, health, page, uploads, blobs, manifests, tags):
         app.include_router(module.router)
     # Added last, so outermost: it sees every answer, those of other middlewares included.
     app.add_middleware(RequestObserver)
@@ -39,9 +39,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """While the app serves: the purge of abandoned uploads, and event delivery (leftovers kept at the end)."""
+    """At start the catalog page is published; while the app serves, abandoned uploads are purged and events
+    delivered (leftovers kept at the end)."""
     notifier: Notifier = app.state.notifier
-    async with purging_abandoned_uploads(app):
+    async with page.publishing_page(app), purging_abandoned_uploads(app):
         notifier.start()
         try:
             yield

@@ -40,8 +40,10 @@ def copy_command(args: argparse.Namespace) -> int:
 
     async def copy() -> Outcome:
         events = reporter(args.json)
-        copier = Copier(build_registry(settings), events, platform=platform, with_referrers=not args.no_referrers)
+        registry = build_registry(settings)
+        copier = Copier(registry, events, platform=platform, with_referrers=not args.no_referrers)
         try:
+            await registry.page.ensure()  # a bucket filled by copying shows the catalog page, as after a service start
             return await run_job(copier, source, args.source, None, name, tag)
         finally:
             events.close()
@@ -61,8 +63,10 @@ def sync_command(args: argparse.Namespace) -> int:
 
     async def sync() -> list[Outcome]:
         events = reporter(args.json)
+        registry = build_registry(settings)
         try:
-            return await run_sync(build_registry(settings), config, events)
+            await registry.page.ensure()
+            return await run_sync(registry, config, events)
         finally:
             events.close()
 

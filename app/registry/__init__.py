@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.registry.blobs import Blobs
+from app.registry.catalog_page import CatalogPage
 from app.registry.client_sessions import ClientSessions
 from app.registry.indexes import Indexes
 from app.registry.manifests import Manifests
@@ -24,6 +25,7 @@ class Registry:
     blobs: Blobs
     manifests: Manifests
     client_sessions: ClientSessions
+    page: CatalogPage
 
 
 def open_uploads(settings: Settings, storage: Storage | None, *, create: bool = True) -> Uploads:
@@ -45,4 +47,5 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
         blobs=Blobs(storage, uploads, indexes),
         manifests=Manifests(storage, indexes, settings.max_manifest_descriptors, sparse=settings.sparse_manifests),
         client_sessions=ClientSessions(uploads, settings.max_sessions_per_client),
+        page=CatalogPage(storage),
     )
