@@ -162,3 +162,30 @@ def test_keyboard_only(browser: Browser, registry: Registry, pushed: Pushed) -> 
     browser.driver.switch_to.active_element.send_keys(Keys.ENTER)
     browser.wait(lambda d: d.switch_to.active_element.tag_name == "h1")
     assert browser.heading() == "demo/layers"
+
+
+def test_the_service_shows_the_same_page_at_its_root_under_a_strict_policy(
+    browser: Browser, registry: Registry, pushed: Pushed
+) -> None:
+    """Through the service the page reads the API instead; config blobs redirect to the public URL, which its
+    Content-Security-Policy allows, and nothing is refused (a refusal is a console error)."""
+    host = registry.push_host
+    browser.open(f"{registry.service_url}/")
+    assert [row["Repository"] for row in browser.table("Repositories")] == REPOSITORIES
+    assert {row["Repository"]: row["Tags"] for row in browser.table("Repositories")}["demo/untagged"] == "no tags list"
+    browser.shot("service-catalog")
+
+    browser.open(f"{registry.service_url}/#/{APP}")
+    row = {row["Tag"]: row for row in browser.table(f"Tags of {APP}")}["1.0"]
+    assert row["Created"] == "2026-01-02 03:04 UTC"  # the config blob, read from the public URL
+    assert row["Pushed"].endswith("UTC")  # the service sends Last-Modified as linksharing does
+
+    browser.open(f"{registry.service_url}/#/{APP}:1.0")
+    assert browser.commands() == [
+        f"docker pull {host}/{APP}:1.0",
+        f"docker pull {host}/{APP}@{pushed.image.manifest_digest}",
+    ]
+    assert {row["Key"]: row["Value"] for row in browser.table("Labels")} == LABELS
+    assert [row["Artifact type"] for row in browser.table("Referrers")] == [SIGNATURE]
+    browser.shot("service-tag")
+    assert browser.errors() == []
