@@ -214,13 +214,65 @@
     });
   }
 
+  /** The sha256 digest of a manifest's bytes: what `@sha256:…` pulls need when no header names it. */
   function sha256(bytes) {
-    if (!window.crypto || !crypto.subtle) return Promise.resolve(null); // not a secure context
+    if (!window.crypto || !crypto.subtle) return Promise.resolve('sha256:' + sha256Hex(bytes)); // plain HTTP
     return crypto.subtle.digest('SHA-256', bytes).then(function (hash) {
       return 'sha256:' + Array.prototype.map.call(new Uint8Array(hash), function (b) {
         return b.toString(16).padStart(2, '0');
       }).join('');
     });
+  }
+
+  // SHA-256 (FIPS 180-4) for pages served over plain HTTP, where browsers withhold crypto.subtle.
+  // The constants are the fractional parts of the square and cube roots of the first primes, computed here.
+  var SHA256_INITIAL = [];
+  var SHA256_ROUNDS = [];
+  (function () {
+    for (var n = 2; SHA256_ROUNDS.length < 64; n += 1) {
+      var prime = true;
+      for (var d = 2; d * d <= n; d += 1) if (n % d === 0) prime = false;
+      if (!prime) continue;
+      if (SHA256_INITIAL.length < 8) SHA256_INITIAL.push((Math.sqrt(n) % 1) * 4294967296 | 0);
+      SHA256_ROUNDS.push((Math.cbrt(n) % 1) * 4294967296 | 0);
+    }
+  })();
+
+  function rotate(x, n) {
+    return (x >>> n) | (x << (32 - n));
+  }
+
+  function sha256Hex(buffer) {
+    var bytes = new Uint8Array(buffer);
+    var length = bytes.length;
+    var words = new Int32Array(((length + 9 + 63) >> 6) << 4); // the message, 0x80, zeros, 64-bit bit length
+    for (var i = 0; i < length; i += 1) words[i >> 2] |= bytes[i] << (24 - (i % 4) * 8);
+    words[length >> 2] |= 0x80 << (24 - (length % 4) * 8);
+    words[words.length - 2] = Math.floor(length / 536870912);
+    words[words.length - 1] = (length * 8) | 0;
+    var hash = SHA256_INITIAL.slice();
+    var w = new Int32Array(64);
+    for (var block = 0; block < words.length; block += 16) {
+      for (var t = 0; t < 64; t += 1) {
+        if (t < 16) {
+          w[t] = words[block + t];
+        } else {
+          var s0 = rotate(w[t - 15], 7) ^ rotate(w[t - 15], 18) ^ (w[t - 15] >>> 3);
+          var s1 = rotate(w[t - 2], 17) ^ rotate(w[t - 2], 19) ^ (w[t - 2] >>> 10);
+          w[t] = (w[t - 16] + s0 + w[t - 7] + s1) | 0;
+        }
+      }
+      var v = hash.slice();
+      for (t = 0; t < 64; t += 1) {
+        var e = v[4];
+        var a = v[0];
+        var t1 = (v[7] + (rotate(e, 6) ^ rotate(e, 11) ^ rotate(e, 25)) + ((e & v[5]) ^ (~e & v[6])) + SHA256_ROUNDS[t] + w[t]) | 0;
+        var t2 = ((rotate(a, 2) ^ rotate(a, 13) ^ rotate(a, 22)) + ((a & v[1]) ^ (a & v[2]) ^ (v[1] & v[2]))) | 0;
+        v = [(t1 + t2) | 0, a, v[1], v[2], (v[3] + t1) | 0, e, v[5], v[6]];
+      }
+      for (t = 0; t < 8; t += 1) hash[t] = (hash[t] + v[t]) | 0;
+    }
+    return hash.map(function (x) { return (x >>> 0).toString(16).padStart(8, '0'); }).join('');
   }
 
   /** A manifest by tag or digest: parsed, with its media type (Content-Type), digest and push time. */
@@ -863,6 +915,7 @@
     shortDigest: shortDigest,
     platformChildren: platformChildren,
     artifactTypeOf: artifactTypeOf,
+    sha256Hex: sha256Hex,
   };
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);

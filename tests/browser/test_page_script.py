@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
@@ -82,3 +83,11 @@ def test_attestations_are_not_platforms_and_artifact_types_fall_back_to_the_conf
     )
     image_config = {"config": {"mediaType": "application/vnd.oci.image.config.v1+json"}}
     assert call(script, "artifactTypeOf", image_config) is None
+
+
+def test_sha256_for_pages_over_plain_http_agrees_with_hashlib(script: Browser) -> None:
+    """Over plain HTTP browsers withhold crypto.subtle; the page's own SHA-256 names tags' digests then."""
+    samples = [b"", b"abc", bytes(range(256)) * 9, *(b"x" * n for n in (55, 56, 63, 64, 65, 119, 120))]
+    for data in samples:
+        computed = script.script("return RegistryPage.sha256Hex(new Uint8Array(arguments[0]).buffer);", list(data))
+        assert computed == hashlib.sha256(data).hexdigest(), len(data)
