@@ -162,6 +162,9 @@
   }
   var limited = pool(PARALLEL_REQUESTS);
 
+  var generation = 0; // the current view's number: work for an earlier view stops when it sees another
+  var observers = []; // the current view's row observers, disconnected when it is left
+
   // Documents under a digest never change; tag-named ones are forgotten on every navigation.
   var lasting = new Map();
   var fresh = new Map();
@@ -499,7 +502,7 @@
    * options: items, noun [singular, plural], filterLabel, headers, sortable {header: compare}, row(item) -> {tr, fill},
    * prepareSort(header, onProgress) -> Promise (reads what the sort needs).
    */
-  function LongList(options, live) {
+  function longList(options, live) {
     var state = { query: '', shown: PAGE_SIZE, order: options.items.slice(), sortedBy: options.initialSort || null, descending: false };
     var observer = new IntersectionObserver(function (entries) {
       entries.forEach(function (entry) {
@@ -617,7 +620,7 @@
           command('Push', 'docker push ' + host + '/NAME:TAG')));
         return;
       }
-      view.append(LongList({
+      view.append(longList({
         items: names.slice().sort(),
         key: function (name) { return name; },
         noun: ['repository', 'repositories'],
@@ -664,7 +667,7 @@
         return;
       }
       var pushed = {};
-      view.append(LongList({
+      view.append(longList({
         items: tags.slice().sort(naturalCompare),
         key: function (tag) { return tag; },
         noun: ['tag', 'tags'],
@@ -847,9 +850,6 @@
   }
 
   // ---- routing -----------------------------------------------------------------------------------------------
-
-  var generation = 0;
-  var observers = [];
 
   function crumbs(route) {
     var list = document.getElementById('crumbs');

@@ -189,3 +189,48 @@ def test_the_service_shows_the_same_page_at_its_root_under_a_strict_policy(
     assert [row["Artifact type"] for row in browser.table("Referrers")] == [SIGNATURE]
     browser.shot("service-tag")
     assert browser.errors() == []
+
+
+CONTRAST = """
+function channel(c) { c /= 255; return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4); }
+function luminance(rgb) { return 0.2126 * channel(rgb[0]) + 0.7152 * channel(rgb[1]) + 0.0722 * channel(rgb[2]); }
+function rgba(text) { return text.match(/[\\d.]+/g).map(Number); }
+function background(element) {
+  for (; element; element = element.parentElement) {
+    var colour = rgba(getComputedStyle(element).backgroundColor);
+    if (colour.length === 3 || colour[3] > 0) return colour;
+  }
+  return [255, 255, 255];
+}
+var worst = [];
+document.querySelectorAll('body *').forEach(function (element) {
+  var own = Array.from(element.childNodes).some(function (n) { return n.nodeType === 3 && n.textContent.trim(); });
+  if (!own || !element.getClientRects().length || element.closest('.visually-hidden, .skip-link')) return;
+  var a = luminance(rgba(getComputedStyle(element).color)), b = luminance(background(element));
+  var ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  if (ratio < 4.5) worst.push(element.tagName + ' ' + element.textContent.trim().slice(0, 30) + ' ' + ratio.toFixed(2));
+});
+var unnamed = Array.from(document.querySelectorAll('button, a, input')).filter(function (element) {
+  var labelled = element.labels && element.labels.length;
+  return !labelled && !(element.getAttribute('aria-label') || element.textContent.trim());
+}).map(function (element) { return element.outerHTML.slice(0, 60); });
+return [worst, unnamed];
+"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_every_text_has_aa_contrast_and_every_control_a_name(
+    browser: Browser, registry: Registry, pushed: Pushed, scheme: str
+) -> None:
+    browser.driver.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": scheme}]}
+    )
+    try:
+        for fragment in ("", APP, f"{APP}:1.0", f"{MULTI}:latest"):
+            browser.open(f"{registry.static_url}/#/{fragment}")
+            low_contrast, unnamed = browser.script(CONTRAST)
+            assert low_contrast == [], fragment
+            assert unnamed == [], fragment
+        browser.shot(f"tag-{scheme}")
+    finally:
+        browser.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
