@@ -616,8 +616,8 @@
       announce('');
       if (!names || names.length === 0) {
         view.append(h('div', { class: 'empty' },
-          h('p', null, 'No repositories yet. Push an image to see it here:'),
-          command('Push', 'docker push ' + host + '/NAME:TAG')));
+          h('p', null, 'No repositories yet. Images pushed to this registry appear here, and pull from this address: ',
+            h('code', null, 'docker pull ' + host + '/NAME:TAG'), '.')));
         return;
       }
       view.append(longList({
@@ -652,7 +652,6 @@
     var name = route.name;
     document.title = name + ' · ' + host;
     view.append(heading(name, 'Repository'));
-    view.append(command('Pull', 'docker pull ' + host + '/' + name + ':TAG'));
     announce('Reading the tags…');
     return listAll('v2/' + name + '/tags/list', 'tags').then(function (tags) {
       if (!live()) return;
@@ -666,9 +665,12 @@
         view.append(h('p', { class: 'notice' }, 'No tags: every manifest here is reachable by digest only.'));
         return;
       }
+      var sorted = tags.slice().sort(naturalCompare);
+      var suggested = tags.indexOf('latest') >= 0 ? 'latest' : sorted[sorted.length - 1];
+      view.append(command('Pull', pullCommand(name, suggested)));
       var pushed = {};
       view.append(longList({
-        items: tags.slice().sort(naturalCompare),
+        items: sorted,
         key: function (tag) { return tag; },
         noun: ['tag', 'tags'],
         caption: 'Tags of ' + name,

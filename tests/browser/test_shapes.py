@@ -24,11 +24,11 @@ TAGS = 2500
 ON_SCREEN = 60  # rows a 1000 px window shows, with the margin rows are read ahead by, comfortably rounded up
 
 
-def test_an_empty_registry_says_so_and_how_to_push(browser: Browser, share: Share) -> None:
+def test_an_empty_registry_says_so_and_how_to_pull(browser: Browser, share: Share) -> None:
     browser.open(f"{share.static.url}/")
     host = share.static.url.removeprefix("http://")
     assert "No repositories yet" in browser.text()
-    assert browser.commands() == [f"docker push {host}/NAME:TAG"]
+    assert f"docker pull {host}/NAME:TAG" in browser.text()
     browser.shot("empty")
     assert browser.errors() == []
 

@@ -42,6 +42,8 @@ def test_a_repository_lists_its_tags_sortable_by_push_time(
 ) -> None:
     browser.open(f"{registry.static_url}/#/{APP}")
     assert (browser.kind(), browser.heading()) == ("Repository", APP)
+    host = registry.static_url.removeprefix("http://")
+    assert browser.commands() == [f"docker pull {host}/{APP}:2.0"]  # no `latest`: the highest version
     rows = {row["Tag"]: row for row in browser.table(f"Tags of {APP}")}
     assert list(rows) == ["1.0", "1.0-sig", "2.0"]
     first = rows["1.0"]
@@ -82,10 +84,14 @@ def test_a_tag_shows_pull_commands_layers_labels_and_referrers(
     assert pushed.image.manifest_digest in browser.one("pre.json").text or "config" in browser.one("pre.json").text
     browser.shot("tag")
 
-    copy = browser.all(".command button.copy")[0]
-    copy.click()
+    origin = {"origin": registry.static_url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]}
+    browser.driver.execute_cdp_cmd("Browser.grantPermissions", origin)
+    browser.all(".command button.copy")[1].click()
     browser.wait(lambda d: browser.one("#status").text.startswith("Copied"))
-    assert browser.one("#status").text == f"Copied: docker pull {host}/{APP}:1.0"
+    by_digest = f"docker pull {host}/{APP}@{pushed.image.manifest_digest}"
+    assert browser.one("#status").text == f"Copied: {by_digest}"
+    pasted = browser.driver.execute_async_script("navigator.clipboard.readText().then(arguments[0])")
+    assert pasted == by_digest  # what a person pastes is the command shown
 
     referrer = browser.driver.find_element(By.LINK_TEXT, short(pushed.signature))
     referrer.click()
@@ -112,6 +118,7 @@ def test_an_index_shows_its_platforms_with_links_to_each_child(
     browser.open(f"{registry.static_url}/#/{MULTI}")
     row = browser.table(f"Tags of {MULTI}")[0]
     assert (row["Type"], row["Platforms"]) == ("OCI index", "linux/amd64, linux/arm64")
+    assert browser.commands() == [f"docker pull {registry.static_url.removeprefix('http://')}/{MULTI}:latest"]
     assert browser.errors() == []
 
 
