@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Install the Debian packages the test tiers drive (skopeo, umoci, docker, containerd, CNCF distribution), and
-# debootstrap, which makes the image tier's stand-in for the python base image.
+# Install the Debian packages the test tiers drive (skopeo, umoci, docker, containerd, CNCF distribution, chromium),
+# and debootstrap, which makes the image tier's stand-in for the python base image.
 # Idempotent: apt is not touched at all when every package is already installed.
 set -euo pipefail
 
-PACKAGES=(skopeo umoci docker.io containerd docker-registry debootstrap)
+PACKAGES=(skopeo umoci docker.io containerd docker-registry debootstrap chromium chromium-driver)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

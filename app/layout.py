@@ -88,6 +88,18 @@ def blob_location(digest: str) -> str:
     return f"{BLOB_LOCATIONS}{digest}"
 
 
+PAGE = "index.html"
+PAGE_ASSETS = "assets/"
+
+
+def page_asset(filename: str) -> str:
+    """A content-hashed file of the catalog page (app/registry/catalog_page.py), beside `index.html` at the root.
+
+    The page's relative URLs are these keys, so the page works wherever linksharing (or the service) roots it.
+    """
+    return f"{PAGE_ASSETS}{filename}"
+
+
 def staged_upload(upload_id: str) -> str:
     """Where an upload session's bytes are assembled before its digest is known (see app/registry/parts.py).
 

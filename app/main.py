@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from app import edge
-from app.api import base, blobs, health, manifests, tags, uploads
+from app.api import base, blobs, health, manifests, page, tags, uploads
 from app.api.health import Readiness
 from app.events import Notifier
 from app.lifecycle import Drain
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     instrument_storage(app.state.registry.storage)
     base.install_error_handlers(app)
     # Order matters: upload routes before blob routes, both before the catch-all shapes of manifests.
-    for module in (base, health, uploads, blobs, manifests, tags):
+    for module in (base, health, page, uploads, blobs, manifests, tags):
         app.include_router(module.router)
     # Added last, so outermost: it sees every answer, those of other middlewares included.
     app.add_middleware(RequestObserver)
@@ -40,12 +40,13 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """While the app serves: the bucket's state read in the background (`Registry.warm`), the purge of abandoned
-    uploads, and event delivery. At the end: blob writes in flight finish, events left over are kept."""
+    """At start the catalog page is published and the bucket's state read in the background (`Registry.warm`);
+    while the app serves, abandoned uploads are purged and events delivered. At the end, blob writes in flight
+    finish and events left over are kept."""
     registry: Registry = app.state.registry
     notifier: Notifier = app.state.notifier
     warming = asyncio.create_task(registry.warm())
-    async with purging_abandoned_uploads(app):
+    async with page.publishing_page(app), purging_abandoned_uploads(app):
         notifier.start()
         try:
             yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -41,8 +42,16 @@ async def catalog(registry: RegistryDep, n: str | None = None, last: str | None 
     return JSONResponse({"repositories": page}, headers=headers)
 
 
+class ErrorJSON(JSONResponse):
+    """OCI error JSON, ASCII-escaped: details echo client input, which may hold lone surrogates (`"\\ud800"` in a
+    manifest) that no UTF-8 body can carry; escaped, they are valid JSON text like any other."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def error_response(error: RegistryError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers={**API_VERSION, **error.headers})
+    return ErrorJSON(error.body(), status_code=error.status, headers={**API_VERSION, **error.headers})
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from email.utils import formatdate
+
 from fastapi import APIRouter, Request, Response
 
 from app import layout
@@ -50,6 +52,8 @@ async def get_manifest(name: str, reference: str, request: Request, registry: Re
         "ETag": f'"{stored.digest}"',
         "Content-Length": str(len(stored.body)),
     }
+    if stored.last_modified is not None:  # as a static server over the bucket sends it
+        headers["Last-Modified"] = formatdate(stored.last_modified, usegmt=True)
     body = b"" if request.method == "HEAD" else stored.body
     return Response(body, headers=headers, media_type=stored.media_type)
 

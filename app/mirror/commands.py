@@ -43,6 +43,7 @@ def copy_command(args: argparse.Namespace) -> int:
         registry = build_registry(settings)
         copier = Copier(registry, events, platform=platform, with_referrers=not args.no_referrers)
         try:
+            await registry.page.ensure()  # a bucket filled by copying shows the catalog page, as after a service start
             await registry.warm()  # the location records: blobs in other repositories are copied, not sent
             return await run_job(copier, source, args.source, None, name, tag)
         finally:
@@ -66,6 +67,7 @@ def sync_command(args: argparse.Namespace) -> int:
         events = reporter(args.json)
         registry = build_registry(settings)
         try:
+            await registry.page.ensure()
             await registry.warm()
             return await run_sync(registry, config, events)
         finally:

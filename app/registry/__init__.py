@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from app.registry.blobs import Blobs
+from app.registry.catalog_page import CatalogPage
 from app.registry.client_sessions import ClientSessions
 from app.registry.indexes import Indexes
 from app.registry.known import Known
@@ -31,6 +32,7 @@ class Registry:
     blobs: Blobs
     manifests: Manifests
     client_sessions: ClientSessions
+    page: CatalogPage
 
     async def warm(self) -> None:
         """At start, off any push's path, read what pushes will ask: whether `v2/index.html` is there, the
@@ -80,4 +82,5 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
             sparse=settings.sparse_manifests,
         ),
         client_sessions=ClientSessions(uploads, settings.max_sessions_per_client),
+        page=CatalogPage(storage),
     )

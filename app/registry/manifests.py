@@ -33,6 +33,7 @@ class StoredManifest:
     body: bytes
     media_type: str
     digest: str
+    last_modified: float | None = None  # when it was stored: the push time the catalog page shows
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class Manifests:
             raise ManifestUnknown("manifest unknown", detail={"name": name, "reference": reference})
         body, info = found
         digest = reference if is_digest(reference) else await self._tag_digest(name, body)
-        return StoredManifest(body, info.content_type, digest)
+        return StoredManifest(body, info.content_type, digest, info.last_modified)
 
     async def _tag_digest(self, name: str, body: bytes) -> str:
         """A tag's manifest is named by its sha256, unless it was pushed named by its sha512: then only that key

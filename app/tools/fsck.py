@@ -3,7 +3,8 @@
 Invariants: every manifest (by tag or digest) parses, is stored with its media type as Content-Type and the
 right Cache-Control, hashes to its digest key; every tag has its manifest under its digest too; everything a
 manifest references (blobs, index children) is in the repository; tags/list, _catalog and the referrers indexes
-(with the entries they are rebuilt from) match the keys; v2/index.html exists.
+(with the entries they are rebuilt from) match the keys; v2/index.html exists; the catalog page at the root is
+this version's, without assets an older version left.
 
 Each problem is one line on stdout, `PROBLEM <code> <key> <detail>`, and `REPAIRED <code> <key>` once fixed.
 `--repair` fixes what the bucket itself can tell: derived documents and entries, object metadata, a tag's
@@ -22,7 +23,7 @@ from functools import partial
 from typing import Any, TextIO
 
 from app import layout
-from app.registry import indexes
+from app.registry import catalog_page, indexes
 from app.registry.formats import INDEXES
 from app.storage import KeyBlocked, Storage
 from app.tools.inventory import (
@@ -102,6 +103,7 @@ class Checker:
             yield from self.check_repository(repository, progress)
         yield from self.check_catalog()
         yield from self.check_root()
+        yield from self.check_page()
 
     # one repository -------------------------------------------------------------------------------------
 
@@ -233,6 +235,23 @@ class Checker:
                 yield Problem("stale-blob-record", record, "no repository holds this blob", delete)
         for key in sorted(self.inventory.unexpected):
             yield Problem("unexpected-key", key, "not part of the registry layout")
+
+    def check_page(self) -> Iterator[Problem]:
+        """The catalog page: this version's bytes and metadata (assets first, as written), no stale asset."""
+        if not self.inventory.keys:
+            return  # an unused bucket: the service writes the page when it starts
+        current = catalog_page.page_objects()
+        for item in current:
+            found = self.storage.read_small(item.key)
+            write = partial(self.storage.put_bytes, item.key, item.body, item.content_type, item.cache_control)
+            if found is None:
+                yield Problem("missing-page", item.key, "part of the catalog page at the bucket's root", write)
+            elif not item.matches(*found):
+                yield Problem("stale-page", item.key, f"not the page of version {catalog_page.version()}", write)
+        stored_assets = set(self.storage.list(layout.PAGE_ASSETS))  # outside v2/: not in the inventory
+        for key in sorted(stored_assets - {item.key for item in current}):
+            delete = partial(self.storage.delete, key)
+            yield Problem("stale-page-asset", key, "an older version's page file, named by no page", delete)
 
     def check_document(self, key: str, expected: bytes, content_type: str, rebuild: Repair) -> Iterator[Problem]:
         """A derived JSON document: present, with the right type and cache policy, saying what `expected` says."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from app.registry.catalog_page import page_objects
 from app.settings import Settings
 from tests.conftest import filesystem_settings, s3_settings
 from tests.support.images import Image, make_layer, oci_ref, write_image
@@ -46,6 +47,7 @@ def expected_layout(name: str, tag: str, image: Image) -> dict[str, str]:
         f"v2/{name}/manifests/{image.manifest_digest}": OCI_MANIFEST,
         **{f"v2/{name}/blobs/{digest}": "application/octet-stream" for digest in blobs},
         f"v2/_catalog.d/{name}/_entry": "application/octet-stream",  # what the catalog is rebuilt from
+        **{item.key: item.content_type for item in page_objects()},  # the catalog page, written at start-up
     }
 
 

@@ -25,6 +25,7 @@ import httpx
 
 from tests.e2e.clients import skopeo_copy
 from tests.security.tokenflow import TokenAuth
+from tests.support.daemons import die_with_parent
 from tests.support.images import Image, Index, make_layer, write_image, write_index
 from tests.support.pushing import OCI_INDEX, OCI_MANIFEST, descriptor, digest
 from tests.support.tools import free_port, require_tool
@@ -101,6 +102,7 @@ def start_reference(workdir: Path, htpasswd: Path | None = None) -> Upstream:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=die_with_parent,  # a test run killed outright leaves no registry behind
     )
     upstream = Upstream(f"127.0.0.1:{port}", (USER, PASSWORD) if htpasswd else None, process)
     deadline = time.monotonic() + READY_TIMEOUT_S

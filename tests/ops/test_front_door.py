@@ -28,7 +28,9 @@ from app.cli import served_arguments
 from app.edge import QuietProtocolErrors
 from app.registry.uploads import Uploads
 from app.storage.filesystem import FilesystemStorage
+from tests.e2e.clients import skopeo
 from tests.ops._service import REPOSITORY_ROOT, ServiceProcess, s3_environment
+from tests.support.images import blob_path, diff_id, make_layer, oci_ref, write_image
 from tests.support.pushing import OCI_MANIFEST
 from tests.support.seaweed import S3Server
 from tests.support.tools import free_port
@@ -356,3 +358,30 @@ def test_healthcheck_reads_the_port_of_the_serve_process(tmp_path: Path) -> None
     cmdline.write_bytes(b"/sbin/docker-init\0--\0sleep\0")
     assert served_arguments(cmdline) is None
     assert served_arguments(tmp_path / "absent") is None
+
+
+# --- the README's first push --------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_the_readme_first_push_from_a_saved_image_and_back(tmp_path: Path) -> None:
+    """`docker save` output (made here by skopeo from a layout) pushed with the README's line, then pulled back."""
+    layout = tmp_path / "layout"
+    image = write_image(layout, "1", [make_layer(7, 20_000)])
+    archive = tmp_path / "app.tar"
+    skopeo("copy", oci_ref(layout, "1"), f"docker-archive:{archive}:demo/app:1")
+    service = ServiceProcess(tmp_path / "service", {})
+    try:
+        service.wait_ready()
+        host = f"127.0.0.1:{service.port}"
+        skopeo("copy", "--dest-tls-verify=false", f"docker-archive:{archive}", f"docker://{host}/demo/app:1")
+        skopeo("copy", "--src-tls-verify=false", f"docker://{host}/demo/app:1", oci_ref(tmp_path / "back", "1"))
+    finally:
+        service.stop()
+    # docker-archive holds layers uncompressed and skopeo compresses them again: compare what they unpack to.
+    back = tmp_path / "back"
+    (entry,) = json.loads((back / "index.json").read_text())["manifests"]
+    manifest = json.loads(blob_path(back, entry["digest"]).read_text())
+    (layer,) = manifest["layers"]
+    assert diff_id(blob_path(back, layer["digest"]).read_bytes()) == diff_id(make_layer(7, 20_000))
+    assert len(image.layer_digests) == 1

@@ -2,16 +2,23 @@
 
 One registry on the S3 backend (SeaweedFS) with the key prefix `reg/` and htpasswd auth serves the module.
 Requests go out through raw HTTP so `..`, `%2F`, `%00` and friends reach the server as written. After every
-request: each key of the bucket is under `reg/`, a refused request changed no object, and the staging
-directory holds only `<staging>/<upload id>/...` (and nothing else was created beside it).
+request: each key of the bucket is under `reg/`, no key is a folder of another one (an object at `a/b` and one at
+`a/b/c` cannot both live on a filesystem, nor be told apart by a static server; the filesystem store's `.json`
+sidecars count too), a refused request changed no object, and the staging directory holds only
+`<staging>/<upload id>/...` (and nothing else was created beside it).
+
+The tiers that caught what the hardening review found: names that reach into another repository's keys
+(`fuzz/app/tags/list`, `index.html.json`), manifests with any text in annotations and artifactType (lone
+surrogates), page sizes that are digits but not ASCII decimals, Basic credentials that are not ASCII.
 
 Examples are bounded (200 per test, `FUZZ_EXAMPLES` to change; under CI=true a fixed, derandomized set), so the
-module takes well under a minute.
+module takes about a minute.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import os
 import re
@@ -31,7 +38,17 @@ from app import layout
 from tests.conftest import s3_settings
 from tests.security.conftest import PASSWORDS
 from tests.security.raw import RawClient, RawResponse
-from tests.support.pushing import DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, digest, push_blob
+from tests.support.pushing import (
+    DOCKER_MANIFEST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    digest,
+    image_manifest,
+    push_blob,
+    push_manifest,
+)
 from tests.support.registry_server import running_registry
 from tests.support.seaweed import S3Server
 
@@ -62,6 +79,18 @@ PATH_PIECES = [
     "referrers", "_catalog", "sha256:", "sha256:" + "a" * 64, "sha512:" + "b" * 128, "x" * 130, "fuzz", "app",
 ]  # fmt: skip
 HEADER_SAFE = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=60)
+HEADER_LATIN1 = st.text(st.characters(min_codepoint=0x80, max_codepoint=0xFF), min_size=1, max_size=12)
+# Text as JSON may carry it: any code point, lone UTF-16 surrogates (`"\ud800"`) included.
+ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=12) | st.text(
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3
+)
+# Digits that are not ASCII decimals (`str.isdigit()` holds for some, `int()` refuses them), and huge numbers.
+ODD_NUMBERS = st.text(st.characters(categories=["Nd", "No"]), min_size=1, max_size=4) | st.integers(1, 6000).map(
+    lambda digits: "9" * digits
+)
+CONFIG_BLOB = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+LAYER_BLOB = b"layer bytes"
+MAX_DESCRIPTORS = 50
 
 
 @dataclass
@@ -99,6 +128,7 @@ class Target:
             if method != "HEAD":
                 assert response.error_code in KNOWN_CODES, response.body[:300]
         assert all(key.startswith(f"{PREFIX}/") for key in after), [k for k in after if not k.startswith(PREFIX)]
+        assert not folders_of_other_keys(after), (method, target, folders_of_other_keys(after))
         self.check_staging()
         return response
 
@@ -113,6 +143,18 @@ class Target:
         response = self.raw.request("POST", f"/v2/{name}/blobs/uploads/", {"Authorization": ALICE}, b"")
         assert response.status == 202, response.body
         return response.headers["location"]
+
+
+def folders_of_other_keys(keys: dict[str, Any]) -> list[tuple[str, str]]:
+    """Pairs of keys where the second lies under the first (or under its filesystem sidecar, `<key>.json`)."""
+    ordered = sorted(keys)
+    found = []
+    for key in ordered:
+        for folder in (f"{key}/", f"{key}.json/"):
+            position = bisect.bisect_left(ordered, folder)
+            if position < len(ordered) and ordered[position].startswith(folder):
+                found.append((key, ordered[position]))
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +175,13 @@ def target(
         delete_enabled=True,
         auth_token_enabled=True,
         auth_max_failures=0,  # the fuzzed credentials below must not lock alice out (limits: test_auth_http)
+        max_manifest_descriptors=MAX_DESCRIPTORS,
     )
     with running_registry(config) as url, httpx.Client(base_url=url, auth=("alice", PASSWORDS["alice"])) as client:
-        config_blob = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
-        pushed = [push_blob(client, REPOSITORY, data) for data in (config_blob, b"layer bytes")]
+        pushed = [push_blob(client, REPOSITORY, data) for data in (CONFIG_BLOB, LAYER_BLOB)]
         foreign = push_blob(client, "other/repo", b"only in other/repo")
+        tagged = push_manifest(client, REPOSITORY, "v1", image_manifest(CONFIG_BLOB, [LAYER_BLOB]), OCI_MANIFEST)
+        assert tagged.status_code == 201, tagged.text  # a tag and a tags list for overlapping names to aim at
         raw = RawClient(url)
         yield Target(url, raw, config.staging_dir, workdir, s3_server, bucket, pushed[0], pushed[1], foreign)
         raw.close()
@@ -164,7 +208,7 @@ def test_names_tags_and_digests(target: Target, method: str, name: str, referenc
 
 @FUZZ
 @given(
-    n=st.one_of(st.none(), st.text(max_size=12), st.integers(-5, 10**12).map(str)),
+    n=st.one_of(st.none(), st.text(max_size=12), st.integers(-5, 10**12).map(str), ODD_NUMBERS),
     last=st.one_of(st.none(), path_text()),
     artifact=st.one_of(st.none(), HEADER_SAFE),
 )
@@ -232,10 +276,10 @@ def test_mount_and_from(target: Target, mount: str | None, source: str | None, n
 
 
 def json_values() -> st.SearchStrategy[Any]:
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), ANY_TEXT)
     return st.recursive(
         scalars,
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4),
         max_leaves=20,
     )
 
@@ -260,13 +304,22 @@ def descriptors(draw: st.DrawFn, target: Target) -> dict[str, Any]:
 
 @st.composite
 def manifests(draw: st.DrawFn, target: Target) -> bytes:
-    shape = draw(st.sampled_from(["structured", "json", "bytes", "duplicate", "deep", "huge"]))
+    shape = draw(
+        st.sampled_from(["structured", "json", "bytes", "duplicate", "duplicate-text", "deep", "huge", "many"])
+    )
+    if shape == "many":  # around the descriptor limit, every one of them a blob the repository holds
+        document = json.loads(image_manifest(CONFIG_BLOB, [LAYER_BLOB]))
+        document["layers"] *= draw(st.integers(MAX_DESCRIPTORS - 2, MAX_DESCRIPTORS * 20))
+        return json.dumps(document).encode()
     if shape == "bytes":
         return draw(st.binary(max_size=200))
     if shape == "json":
         return json.dumps(draw(json_values())).encode()
     if shape == "duplicate":
         return b'{"schemaVersion":2,"mediaType":"%s","schemaVersion":2,"config":{},"layers":[]}' % OCI_MANIFEST.encode()
+    if shape == "duplicate-text":  # the refusal names the key, whatever text it is
+        key = json.dumps(draw(ANY_TEXT))
+        return f'{{"schemaVersion":2,{key}:1,{key}:2}}'.encode()
     if shape == "deep":
         depth = draw(st.integers(100, 200_000))
         return b'{"schemaVersion":2,"layers":' + b"[" * depth + b"]" * depth + b"}"
@@ -300,6 +353,25 @@ def test_manifests(target: Target, data: st.DataObject, content_type: str | None
         assert len(body) <= MAX_MANIFEST
 
 
+@FUZZ
+@given(annotations=st.dictionaries(ANY_TEXT, ANY_TEXT, max_size=3), artifact_type=st.one_of(st.none(), ANY_TEXT))
+def test_referrers_with_any_text(target: Target, annotations: dict[str, str], artifact_type: str | None) -> None:
+    """A valid referrer whose annotations and artifactType hold any text: refused, or listed by the referrers API."""
+    subject = digest(b"a subject that need not exist")
+    extra: dict[str, Any] = {"subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1}}
+    if annotations:
+        extra["annotations"] = annotations
+    if artifact_type is not None:
+        extra["artifactType"] = artifact_type
+    body = image_manifest(CONFIG_BLOB, [LAYER_BLOB], **extra)  # json.dumps escapes lone surrogates as `\udxxx`
+    response = target.send("PUT", f"/v2/{REPOSITORY}/manifests/{digest(body)}", {"Content-Type": OCI_MANIFEST}, body)
+    listed = target.send("GET", f"/v2/{REPOSITORY}/referrers/{subject}")
+    assert listed.status == 200
+    if response.status == 201:
+        assert digest(body) in [entry["digest"] for entry in listed.json()["manifests"]]
+        assert target.send("DELETE", f"/v2/{REPOSITORY}/manifests/{digest(body)}").status == 202
+
+
 # credentials ----------------------------------------------------------------------------------------
 
 
@@ -310,6 +382,7 @@ def test_manifests(target: Target, data: st.DataObject, content_type: str | None
         st.binary(max_size=40).map(lambda b: "Basic " + base64.b64encode(b).decode()),
         st.text(max_size=30).map(lambda t: "Basic " + base64.b64encode(t.encode()).decode()),
         HEADER_SAFE.map(lambda t: "Bearer " + t),
+        HEADER_LATIN1.map(lambda t: "Basic " + t),
     ),
     scope=st.one_of(st.none(), HEADER_SAFE, path_text().map(lambda n: f"repository:{n}:pull,push")),
 )
@@ -324,3 +397,39 @@ def test_authorization_headers_and_token_requests(target: Target, authorization:
             claims = jwt.decode(answer.json()["token"], options={"verify_signature": False})
             for entry in claims["access"]:
                 assert fnmatchcase(entry["name"], "team/*") and set(entry["actions"]) <= {"pull", "push"}
+
+
+# names near other repositories' keys (last: the repositories they create make every later listing longer) --
+
+
+# Names built to reach into other repositories' keys: a repository's folder words after an existing name, then
+# what that folder holds (its tags, its tags list, their `.json` sidecars), or the objects at the top of `v2/`.
+NAME_BASES = ["", REPOSITORY, "other/repo", "fuzz", "index.html", "index.html.json"]
+NAME_WORDS = ["tags", "manifests", "blobs", "referrers", "list", "list.json", "v1", "v1.json", "a", "x.y", "b-c"]
+
+
+@st.composite
+def overlapping_names(draw: st.DrawFn) -> str:
+    words = draw(st.lists(st.sampled_from(NAME_WORDS), min_size=0, max_size=4))
+    return "/".join(part for part in [draw(st.sampled_from(NAME_BASES)), *words] if part) or "a"
+
+
+@FUZZ
+@given(name=overlapping_names(), what=st.sampled_from(["blob", "manifest", "mount"]))
+def test_names_reaching_into_other_repositories(target: Target, name: str, what: str) -> None:
+    """A blob, a manifest or a mount to a name near another repository's keys: refused, or kept apart from them."""
+    if what == "blob":
+        target.send("POST", f"/v2/{name}/blobs/uploads/?digest={target.layer}", body=LAYER_BLOB)
+    elif what == "mount":
+        target.send("POST", f"/v2/{name}/blobs/uploads/?mount={target.layer}&from={REPOSITORY}", body=b"")
+    else:
+        target.send("POST", f"/v2/{name}/blobs/uploads/?digest={target.config}", body=CONFIG_BLOB)
+        target.send("POST", f"/v2/{name}/blobs/uploads/?digest={target.layer}", body=LAYER_BLOB)
+        manifest = image_manifest(CONFIG_BLOB, [LAYER_BLOB])
+        target.send("PUT", f"/v2/{name}/manifests/v1", {"Content-Type": OCI_MANIFEST}, manifest)
+    target.send(
+        "PUT",
+        f"/v2/{REPOSITORY}/manifests/v1",
+        {"Content-Type": OCI_MANIFEST},
+        image_manifest(CONFIG_BLOB, [LAYER_BLOB]),
+    )

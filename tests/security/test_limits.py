@@ -7,6 +7,7 @@ before the first one is answered: a limit that is checked first and counted late
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -138,3 +139,21 @@ def test_metrics_name_no_repository(auth_settings: Callable[..., Settings], serv
     assert httpx.get(f"{url}/v2/_catalog").status_code == 401
     metrics = httpx.get(f"{url}/metrics").text
     assert "hidden" not in metrics and "secret" not in metrics
+
+
+def test_a_burst_of_uploads_streams_at_most_the_limit_at_once(
+    auth_settings: Callable[..., Settings], serve: Serve
+) -> None:
+    url = serve(auth_settings(max_uploads_per_client=3))
+    auth = {"Authorization": httpx.BasicAuth("bob", PASSWORDS["bob"])._auth_header}
+    with httpx.Client(base_url=url, auth=("bob", PASSWORDS["bob"])) as bob:
+        locations = [bob.post("/v2/team/app/blobs/uploads/").headers["location"] for _ in range(10)]
+    streams = [RawClient(url).send_head("PATCH", location, {**auth, "Content-Length": "10"}) for location in locations]
+    for stream in streams:
+        stream.send(b"12345")  # all ten are streaming now
+    time.sleep(0.5)
+    for stream in streams:
+        with contextlib.suppress(OSError):  # a refused one may be closed already
+            stream.send(b"67890")
+    statuses = sorted(read(stream.getresponse()).status for stream in streams)
+    assert statuses == [202] * 3 + [429] * 7

@@ -112,3 +112,13 @@ def test_a_delete_during_the_final_put_verification_gets_a_coherent_answer(
         blob = client.get(f"/v2/odd/app/blobs/{sha512}")
     assert (put_status, delete_status) == (201, 404), (put_status, delete_status)
     assert blob.status_code == 200 and blob.content == data
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"schemaVersion":2,"\\ud800":1,"\\ud800":2}', b'{"schemaVersion":2,"mediaType":"\\udfff"}'],
+)
+def test_a_refusal_that_echoes_a_lone_surrogate_is_still_an_oci_error(body: bytes, client: httpx.Client) -> None:
+    refused = client.put("/v2/odd/app/manifests/v1", content=body, headers={"Content-Type": OCI_MANIFEST})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["errors"][0]["code"] == "MANIFEST_INVALID"

@@ -155,7 +155,7 @@ def _launch(
             stdout=log,
             stderr=subprocess.STDOUT,
             process_group=0,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     return Daemon(name, process, directory, log_path, client, env or {})
 
@@ -177,7 +177,7 @@ def _wait_ready(daemon: Daemon, *probe: str) -> None:
         time.sleep(0.2)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: be SIGKILLed when the test process dies without stopping the daemon."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

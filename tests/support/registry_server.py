@@ -11,12 +11,13 @@ import uvicorn
 
 from app.edge import server_options
 from app.main import create_app
+from app.registry import Registry
 from app.settings import Settings
 from tests.support.tools import free_port
 
 
 @contextmanager
-def running_registry(settings: Settings) -> Iterator[str]:
+def running_registry(settings: Settings, registry: Registry | None = None) -> Iterator[str]:
     """Yield the base URL (`http://127.0.0.1:PORT`) of a registry serving `settings` until the block ends.
 
     The server runs with the options `storj-registry serve` gives uvicorn (HTTPS when the settings name a
@@ -25,7 +26,7 @@ def running_registry(settings: Settings) -> Iterator[str]:
     port = free_port()
     options = server_options(settings)
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", proxy_headers=False, **options
+        create_app(settings, registry), host="127.0.0.1", port=port, log_level="warning", proxy_headers=False, **options
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

