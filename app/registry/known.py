@@ -54,7 +54,7 @@ class Kind(Enum):
 
 @dataclass
 class _Seen:
-    size: int
+    size: int | None  # None: there, of a size not known (copied from a repository whose blob size was not known)
     at: float  # monotonic time of the evidence
     written: bool = False  # by this process
 
@@ -96,14 +96,10 @@ class Known:
         self._repository(name).of(kind).seen.pop(reference, None)
 
     def copied_blob(self, name: str, digest: str, source: str) -> None:
-        """The blob was just copied into `name` from `source`: known with its size when memory has that."""
+        """The blob was just copied into `name` from `source`: known to be there, with the source's size if known
+        (else a HEAD asks for it when someone needs it)."""
         seen = self._repository(source).blobs.seen.get(digest)
-        if seen is not None:
-            self.wrote(name, Kind.BLOB, digest, seen.size)
-            return
-        blobs = self._repository(name).blobs
-        blobs.seen.pop(digest, None)
-        blobs.listed_at = -math.inf  # the listing no longer tells the truth about `digest`: ask again
+        self._repository(name).blobs.seen[digest] = _Seen(seen.size if seen else None, self.clock(), written=True)
 
     def holders(self, digest: str) -> list[str]:
         """Repositories this process knows to hold the blob right now (longest known first)."""
@@ -122,18 +118,19 @@ class Known:
         objects = self._repository(name).of(kind)
         answer = self._recall(objects, reference)
         if answer is not _UNKNOWN:
-            return answer
-        if objects.too_big:
-            return await self._head(name, kind, reference)
-        await self.warm(name)  # a push asks next about the other kind (its manifest, tags): one round trip for both
-        return self._recall(objects, reference) if not objects.too_big else await self._head(name, kind, reference)
+            return answer  # type: ignore[return-value]
+        if not objects.too_big and reference not in objects.seen:
+            await self.warm(name)  # a push asks next about the other kind (its manifest, tags): one round trip
+            answer = self._recall(objects, reference)
+        return await self._head(name, kind, reference) if answer is _UNKNOWN else answer  # type: ignore[return-value]
 
     def _recall(self, objects: _Objects, reference: str) -> int | object | None:
+        """The size from memory, None for "absent", or _UNKNOWN (never seen, seen too long ago, size not known)."""
         now = self.clock()
         seen = objects.seen.get(reference)
         if seen is not None and (now - seen.at < LISTING_TTL_S or (seen.written and now - seen.at < WRITE_TRUST_S)):
-            return seen.size
-        if now - objects.listed_at < LISTING_TTL_S:
+            return seen.size if seen.size is not None else _UNKNOWN
+        if seen is None and now - objects.listed_at < LISTING_TTL_S:
             return None
         return _UNKNOWN
 
