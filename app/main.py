@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -40,8 +42,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """At start the catalog page is published; while the app serves, abandoned uploads are purged and events
-    delivered (leftovers kept at the end)."""
+    delivered (leftovers kept at the end), and SIGHUP reads the policy file again."""
     notifier: Notifier = app.state.notifier
+    with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.state.registry.policy.reload)
     async with page.publishing_page(app), purging_abandoned_uploads(app):
         notifier.start()
         try:

@@ -10,6 +10,7 @@ from app.registry.client_sessions import ClientSessions
 from app.registry.indexes import Indexes
 from app.registry.manifests import Manifests
 from app.registry.parts import PartSender
+from app.registry.policy import PolicyFile, open_policy
 from app.registry.uploads import Uploads
 from app.settings import Settings
 from app.storage import Storage, open_storage
@@ -26,6 +27,7 @@ class Registry:
     manifests: Manifests
     client_sessions: ClientSessions
     page: CatalogPage
+    policy: PolicyFile
 
 
 def open_uploads(settings: Settings, storage: Storage | None, *, create: bool = True) -> Uploads:
@@ -39,13 +41,21 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
     storage = storage or open_storage(settings)
     uploads = open_uploads(settings, storage)
     indexes = Indexes(storage)
+    policy = open_policy(settings.policy)
     return Registry(
         settings=settings,
         storage=storage,
         uploads=uploads,
         indexes=indexes,
         blobs=Blobs(storage, uploads, indexes),
-        manifests=Manifests(storage, indexes, settings.max_manifest_descriptors, sparse=settings.sparse_manifests),
+        manifests=Manifests(
+            storage,
+            indexes,
+            settings.max_manifest_descriptors,
+            sparse=settings.sparse_manifests,
+            policy=policy,
+        ),
         client_sessions=ClientSessions(uploads, settings.max_sessions_per_client),
         page=CatalogPage(storage),
+        policy=policy,
     )

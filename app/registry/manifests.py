@@ -17,6 +17,7 @@ from app import layout
 from app.errors import DigestInvalid, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
 from app.registry.formats import Manifest, parse_manifest
 from app.registry.indexes import Indexes
+from app.registry.policy import PolicyFile, refusal
 from app.registry.references import algorithm_of, digest_of, is_digest, sha256_digest
 from app.storage import Storage
 
@@ -38,12 +39,19 @@ class PutResult:
 
 class Manifests:
     def __init__(
-        self, storage: Storage, indexes: Indexes, max_descriptors: int | None = None, *, sparse: bool = False
+        self,
+        storage: Storage,
+        indexes: Indexes,
+        max_descriptors: int | None = None,
+        *,
+        sparse: bool = False,
+        policy: PolicyFile | None = None,
     ) -> None:
         self.storage = storage
         self.indexes = indexes
         self.max_descriptors = max_descriptors
         self.sparse = sparse  # REGISTRY_SPARSE_MANIFESTS: accept manifests whose blobs or children are absent
+        self.policy = policy or PolicyFile(None)  # REGISTRY_POLICY: immutable tags
 
     async def put(
         self,
@@ -61,6 +69,7 @@ class Manifests:
         manifest = parse_manifest(body, content_type, max_descriptors=self.max_descriptors)
         digest = self._digest_for(reference, body, named)
         tags = tuple(dict.fromkeys(([] if is_digest(reference) else [reference]) + list(tags)))
+        await self._refuse_moving_immutable(name, tags, body)
         if not self.sparse:
             await self._require_references(name, manifest)
 
@@ -97,6 +106,24 @@ class Manifests:
             )
         return reference
 
+    async def _refuse_moving_immutable(self, name: str, tags: Sequence[str], body: bytes) -> None:
+        """An immutable tag may be pushed again with the same bytes (a CI retry), never moved. Its object is read
+        only when a rule names it, so other pushes cost nothing more."""
+        policy = self.policy.current()
+        for tag in tags:
+            rule = policy.immutable_rule(name, tag)
+            if rule is None:
+                continue
+            found = await run(self.storage.read_small, layout.manifest(name, tag))
+            if found is not None and found[0] != body:
+                raise refusal(rule, name, tag, "moved")
+
+    def _refuse_deleting_immutable(self, name: str, tags: Sequence[str]) -> None:
+        policy = self.policy.current()
+        for tag in tags:
+            if rule := policy.immutable_rule(name, tag):
+                raise refusal(rule, name, tag, "deleted")
+
     async def _require_references(self, name: str, manifest: Manifest) -> None:
         keys = [layout.blob(name, d.digest) for d in manifest.blobs if not d.external]
         keys += [layout.manifest(name, d.digest) for d in manifest.children]
@@ -129,11 +156,13 @@ class Manifests:
         stored = await self.get(name, reference)
         if is_digest(reference):
             tags = await run(self._tags_pointing_at, name, reference)
+            self._refuse_deleting_immutable(name, tags)
             for tag in tags:
                 await run(self.storage.delete, layout.manifest(name, tag))
             await run(self.storage.delete, layout.manifest(name, reference))
             await self._forget_referrer(name, stored)
         else:
+            self._refuse_deleting_immutable(name, [reference])
             await run(self.storage.delete, layout.manifest(name, reference))
         await self.indexes.refresh_tags(name)
 
