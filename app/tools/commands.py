@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from app.events import Notifier, Origin, Target
 from app.registry import open_uploads
-from app.registry.policy import parse_duration
+from app.registry.policy import open_policy, parse_duration
 from app.settings import Settings, load_settings
 from app.storage import Storage, StorageFault, open_storage
 from app.tools.fsck import fsck
@@ -52,7 +52,8 @@ def run_fsck(args: argparse.Namespace) -> int:
 def run_gc(args: argparse.Namespace) -> int:
     settings = load_settings()
     notifier = Notifier(settings)  # before anything is deleted: a wrong events setting stops gc here
-    report = gc(existing_store(settings), delete=args.delete, grace_seconds=args.grace_seconds)
+    policy = open_policy(settings.policy).policy
+    report = gc(existing_store(settings), delete=args.delete, grace_seconds=args.grace_seconds, policy=policy)
     say_if_empty("gc", settings, report.keys)
     announce(notifier, report.removed)
     return 0
@@ -152,7 +153,8 @@ def add_tool_commands(commands: argparse._SubParsersAction) -> None:
 
     collect = commands.add_parser(
         "gc",
-        help="find blobs and manifests nothing references (dry run unless --delete)",
+        help="apply the retention rules of REGISTRY_POLICY and find blobs and manifests nothing references "
+        "(dry run unless --delete)",
         description="Per repository; each finding is a line on stdout, progress and summary go to stderr. "
         "Exit 3 when there is no store there, or it cannot be reached.",
     )
