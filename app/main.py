@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -41,10 +42,12 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """At start the catalog page is published and the bucket's state read in the background (`Registry.warm`);
-    while the app serves, abandoned uploads are purged and events delivered. At the end, blob writes in flight
-    finish and events left over are kept."""
+    while the app serves, abandoned uploads are purged, events delivered, and SIGHUP reads the policy file again.
+    At the end, blob writes in flight finish and events left over are kept."""
     registry: Registry = app.state.registry
     notifier: Notifier = app.state.notifier
+    with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, registry.policy.reload)
     warming = asyncio.create_task(registry.warm())
     async with page.publishing_page(app), purging_abandoned_uploads(app):
         notifier.start()

@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     # Accept an index or manifest whose children or blobs are absent (a mirror of one platform of an index).
     sparse_manifests: bool = False
     delete_enabled: bool = False
+    policy: Path | None = None  # lifecycle rules: immutable tags, retention (see app/registry/policy.py)
     upload_max_age_seconds: float = Field(default=24 * 3600, gt=0)
 
     # Operations: log format, and the graceful stop on SIGTERM (see app/lifecycle.py).

@@ -12,6 +12,7 @@ from app.registry.indexes import Indexes
 from app.registry.known import Known
 from app.registry.manifests import Manifests
 from app.registry.parts import PartSender
+from app.registry.policy import PolicyFile, open_policy
 from app.registry.sharing import LocationRecords
 from app.registry.uploads import Uploads
 from app.settings import Settings
@@ -33,6 +34,7 @@ class Registry:
     manifests: Manifests
     client_sessions: ClientSessions
     page: CatalogPage
+    policy: PolicyFile
 
     async def warm(self) -> None:
         """At start, off any push's path, read what pushes will ask: whether `v2/index.html` is there, the
@@ -65,6 +67,7 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
     known = Known(storage, deletes_enabled=settings.delete_enabled)
     records = LocationRecords(storage, settings.share_min_bytes)
     blobs = Blobs(storage, uploads, indexes, known, records, in_background=settings.publish_in_background)
+    policy = open_policy(settings.policy)
     return Registry(
         settings=settings,
         storage=storage,
@@ -80,7 +83,9 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
             blobs.publishing,
             settings.max_manifest_descriptors,
             sparse=settings.sparse_manifests,
+            policy=policy,
         ),
         client_sessions=ClientSessions(uploads, settings.max_sessions_per_client),
         page=CatalogPage(storage),
+        policy=policy,
     )

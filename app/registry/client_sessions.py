@@ -10,9 +10,10 @@ sessions already on disk count again only once the purge has taken them or they 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
-from app.errors import TooManyRequests
+from app.errors import BlobUploadUnknown, TooManyRequests
 from app.registry.uploads import Upload, Uploads
 
 RETRY_AFTER_SECONDS = "5"
@@ -51,7 +52,8 @@ class ClientSessions:
             )
         for victim in victims:
             log.info("upload session %s dropped: its client %s opened more than %d", victim.id, client, self.limit)
-            await self.uploads.discard(victim)
+            with contextlib.suppress(BlobUploadUnknown):  # under its lock: a request may have just started on it
+                await self.uploads.cancel(victim)
         return upload
 
     def _sessions_of(self, client: str) -> dict[str, Upload]:

@@ -21,6 +21,7 @@ from app.errors import DigestInvalid, ManifestBlobUnknown, ManifestInvalid, Mani
 from app.registry.formats import Manifest, parse_manifest
 from app.registry.indexes import Indexes
 from app.registry.known import Kind, Known
+from app.registry.policy import PolicyFile, refusal
 from app.registry.publishing import Publishing
 from app.registry.references import algorithm_of, digest_of, is_digest, sha256_digest
 from app.storage import ObjectExists, Storage
@@ -53,6 +54,7 @@ class Manifests:
         max_descriptors: int | None = None,
         *,
         sparse: bool = False,
+        policy: PolicyFile | None = None,
     ) -> None:
         self.storage = storage
         self.indexes = indexes
@@ -60,6 +62,7 @@ class Manifests:
         self.publishing = publishing
         self.max_descriptors = max_descriptors
         self.sparse = sparse  # REGISTRY_SPARSE_MANIFESTS: accept manifests whose blobs or children are absent
+        self.policy = policy or PolicyFile(None)  # REGISTRY_POLICY: immutable tags
 
     async def put(
         self,
@@ -81,6 +84,7 @@ class Manifests:
         manifest = parse_manifest(body, content_type, max_descriptors=self.max_descriptors)
         digest = self._digest_for(reference, body, named)
         tags = tuple(dict.fromkeys(([] if is_digest(reference) else [reference]) + list(tags)))
+        await self._refuse_moving_immutable(name, tags, body)
         await self._require_references(name, manifest)
         await self.indexes.ensure_index_html()
         await self._write_by_digest(name, digest, body, manifest.media_type)
@@ -133,6 +137,24 @@ class Manifests:
             )
         return reference
 
+    async def _refuse_moving_immutable(self, name: str, tags: Sequence[str], body: bytes) -> None:
+        """An immutable tag may be pushed again with the same bytes (a CI retry), never moved. Its object is read
+        only when a rule names it, so other pushes cost nothing more."""
+        policy = self.policy.current()
+        for tag in tags:
+            rule = policy.immutable_rule(name, tag)
+            if rule is None:
+                continue
+            found = await run(self.storage.read_small, layout.manifest(name, tag))
+            if found is not None and found[0] != body:
+                raise refusal(rule, name, tag, "moved")
+
+    def _refuse_deleting_immutable(self, name: str, tags: Sequence[str]) -> None:
+        policy = self.policy.current()
+        for tag in tags:
+            if rule := policy.immutable_rule(name, tag):
+                raise refusal(rule, name, tag, "deleted")
+
     async def _require_references(self, name: str, manifest: Manifest) -> None:
         blobs = [d.digest for d in manifest.blobs if not d.external]
         await self.publishing.settle(name, blobs)  # blobs acknowledged to the client, still on their way
@@ -167,11 +189,13 @@ class Manifests:
         stored = await self.get(name, reference)
         if is_digest(reference):
             tags = await run(self._tags_pointing_at, name, reference)
+            self._refuse_deleting_immutable(name, tags)
             for tag in tags:
                 await self._delete(name, tag)
             await self._delete(name, reference)
             await self._forget_referrer(name, stored)
         else:
+            self._refuse_deleting_immutable(name, [reference])
             await self._delete(name, reference)
         await self.indexes.refresh_tags(name)
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 import time
 from collections.abc import Callable
 
 from app.events import Notifier, Origin, Target
 from app.registry import open_uploads
+from app.registry.policy import open_policy, parse_duration
 from app.settings import Settings, load_settings
 from app.storage import Storage, StorageFault, open_storage
 from app.tools.fsck import fsck
@@ -22,8 +22,6 @@ from app.tools.gc import DEFAULT_GRACE_SECONDS, Removal, gc
 
 EXIT_PROBLEMS = 1
 EXIT_STORAGE = 3
-DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 GC_EVENTS_SECONDS = 30.0  # how long gc tries to deliver its events; the rest is left for the service
 GC_ACTOR = "gc"
 
@@ -54,7 +52,8 @@ def run_fsck(args: argparse.Namespace) -> int:
 def run_gc(args: argparse.Namespace) -> int:
     settings = load_settings()
     notifier = Notifier(settings)  # before anything is deleted: a wrong events setting stops gc here
-    report = gc(existing_store(settings), delete=args.delete, grace_seconds=args.grace_seconds)
+    policy = open_policy(settings.policy).policy
+    report = gc(existing_store(settings), delete=args.delete, grace_seconds=args.grace_seconds, policy=policy)
     say_if_empty("gc", settings, report.keys)
     announce(notifier, report.removed)
     return 0
@@ -120,10 +119,10 @@ def run_uploads(args: argparse.Namespace) -> int:
 
 def duration(text: str) -> float:
     """`90`, `90s`, `30m`, `1h`, `2d` in seconds (argparse type)."""
-    match = DURATION_RE.fullmatch(text.strip().lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 1h or 2d")
-    return float(match.group(1)) * SECONDS_PER_UNIT[match.group(2)]
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -154,7 +153,8 @@ def add_tool_commands(commands: argparse._SubParsersAction) -> None:
 
     collect = commands.add_parser(
         "gc",
-        help="find blobs and manifests nothing references (dry run unless --delete)",
+        help="apply the retention rules of REGISTRY_POLICY and find blobs and manifests nothing references "
+        "(dry run unless --delete)",
         description="Per repository; each finding is a line on stdout, progress and summary go to stderr. "
         "Exit 3 when there is no store there, or it cannot be reached.",
     )

@@ -25,6 +25,7 @@ from typing import TextIO
 
 from app import layout
 from app.registry import indexes
+from app.registry.policy import Policy
 from app.registry.references import digest_of
 from app.storage import Storage
 from app.storage.base import MultipartStorage
@@ -37,6 +38,7 @@ from app.tools.inventory import (
     relist_manifests,
     take_inventory,
 )
+from app.tools.retention import judge_tags
 
 DEFAULT_GRACE_SECONDS = 24 * 3600
 
@@ -118,9 +120,20 @@ def reachable(stored: Iterable[StoredManifest], roots: Iterable[str] = ()) -> Re
 
 
 class Collector:
-    def __init__(self, storage: Storage, grace_seconds: float, delete: bool, out: TextIO, progress: Progress) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        grace_seconds: float,
+        delete: bool,
+        out: TextIO,
+        progress: Progress,
+        policy: Policy | None = None,
+    ) -> None:
         self.storage = storage
         self.grace_seconds = grace_seconds
+        self.policy = policy or Policy()
+        # Untagged manifests go after the policy's `untagged_after`, never sooner than the grace period.
+        self.untagged_after = max(grace_seconds, self.policy.untagged_after or 0)
         self.delete = delete
         self.out = out
         self.progress = progress
@@ -160,8 +173,12 @@ class Collector:
             self.progress.say(f"{repository.name} left alone, unreadable: {', '.join(alive.unreadable)}")
             return
         name = repository.name
+        expired = self.apply_retention(name, alive.tags)
+        if expired:
+            stored = [item for item in stored if item.by_digest or item.reference not in expired]
+            alive = reachable(stored)
         unreferenced = sorted(d for d in repository.digests - alive.manifests if d in alive.by_digest)
-        old = self.old_enough(unreferenced, partial(layout.manifest, name))
+        old = self.old_enough(unreferenced, partial(layout.manifest, name), self.untagged_after)
         recent = set(unreferenced) - set(old)
         if recent:  # a push in progress: what its manifests reference stays too
             alive = reachable(stored, roots=recent)
@@ -181,6 +198,27 @@ class Collector:
                 self.report.removed.append(Removal(name, digest, layout.OCTET_STREAM))
             self.deleted_blobs.add(digest)
 
+    def apply_retention(self, name: str, tags: list[StoredManifest]) -> set[str]:
+        """Delete (or report) the tags the repository's retention rule lets go; their names.
+
+        Tags go before anything else, and the tags list is rebuilt at once: a tag never outlives its manifest.
+        """
+        expired = set()
+        for decision in judge_tags(name, tags, self.policy, self.started):
+            key = decision.tag.key
+            if decision.keep:
+                print(f"keep {key} ({decision.why})", file=self.out, flush=True)
+                continue
+            expired.add(decision.tag.reference)
+            self.report.garbage += 1
+            self.remove(key, partial(self.storage.delete, key), decision.why)
+        if expired and self.delete:
+            truth = partial(indexes.list_tags, self.storage, name)
+            indexes.converge(
+                self.storage, layout.tags_list(name), truth, partial(indexes.tags_document, name), layout.JSON
+            )
+        return expired
+
     def look_again(self, name: str, dropped: set[str]) -> Reachability:
         """Read the repository again after deleting manifests: pushes may have come while gc was deciding.
 
@@ -196,8 +234,10 @@ class Collector:
                 print(f"restored {key} (tagged again meanwhile)", file=self.out, flush=True)
         return alive
 
-    def old_enough(self, names: list[str], key_of: Callable[[str], str]) -> list[str]:
-        """Count each unreferenced object; report those modified within the grace period, return the others."""
+    def old_enough(self, names: list[str], key_of: Callable[[str], str], min_age: float | None = None) -> list[str]:
+        """Count each unreferenced object; report those modified within the grace period (or `min_age`), return
+        the others."""
+        min_age = self.grace_seconds if min_age is None else min_age
         old = []
         for name in names:
             key = key_of(name)
@@ -206,21 +246,22 @@ class Collector:
                 continue
             self.report.garbage += 1
             age = self.started - (info.last_modified or 0)
-            if age < self.grace_seconds:
+            if age < min_age:
                 self.report.recent += 1
                 print(f"kept-recent {key} modified {age:.0f}s ago", file=self.out, flush=True)
             else:
                 old.append(name)
         return old
 
-    def remove(self, key: str, delete: Callable[[], None]) -> bool:
+    def remove(self, key: str, delete: Callable[[], None], why: str = "") -> bool:
         """Delete (True), or only report in a dry run (False)."""
+        because = f" ({why})" if why else ""
         if not self.delete:
-            print(f"would-delete {key}", file=self.out, flush=True)
+            print(f"would-delete {key}{because}", file=self.out, flush=True)
             return False
         delete()
         self.report.deleted += 1
-        print(f"deleted {key}", file=self.out, flush=True)
+        print(f"deleted {key}{because}", file=self.out, flush=True)
         return True
 
     def forget_manifest(self, name: str, item: StoredManifest) -> None:
@@ -249,11 +290,12 @@ def gc(
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
     out: TextIO | None = None,
     progress: Progress | None = None,
+    policy: Policy | None = None,
 ) -> Report:
     progress = progress or Progress("gc")
     out = out or sys.stdout
     inventory = take_inventory(storage, progress)
-    report = Collector(storage, grace_seconds, delete, out, progress).collect(inventory)
+    report = Collector(storage, grace_seconds, delete, out, progress, policy).collect(inventory)
     report.keys = inventory.keys
     progress.say(report.summary(delete))
     return report

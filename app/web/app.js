@@ -291,11 +291,8 @@
         var modified = found.headers.get('Last-Modified');
         return Promise.resolve(digest).then(function (computed) {
           return {
-            name: name,
-            reference: reference,
             doc: doc,
             text: new TextDecoder().decode(found.bytes),
-            size: found.bytes.byteLength,
             mediaType: GENERIC_TYPES.indexOf(type) >= 0 ? (doc.mediaType || type) : type,
             digest: computed,
             pushed: modified ? new Date(modified) : null,
@@ -499,8 +496,10 @@
   // ---- a long list, rendered a page at a time, rows filled in when they scroll into view ---------------------
 
   /**
-   * options: items, noun [singular, plural], filterLabel, headers, sortable {header: compare}, row(item) -> {tr, fill},
-   * prepareSort(header, onProgress) -> Promise (reads what the sort needs).
+   * options: items, key(item) (what the filter matches), noun [singular, plural], caption, filterLabel,
+   * filterPlaceholder, headers, row(item) -> {tr, fill} (fill reads the row's details once it is on screen), and to
+   * sort: sortable {header: compare}, initialSort, descendingFirst {header: true}, prepareSort(header) -> Promise
+   * (reads what that order needs first).
    */
   function longList(options, live) {
     var state = { query: '', shown: PAGE_SIZE, order: options.items.slice(), sortedBy: options.initialSort || null, descending: false };
@@ -537,23 +536,32 @@
       return query ? state.order.filter(function (item) { return options.key(item).toLowerCase().indexOf(query) >= 0; }) : state.order;
     }
 
-    function render() {
-      var items = matching();
+    /** The count line and the "more" button for the rows shown so far. */
+    function describe(items) {
       var total = options.items.length;
       var noun = total === 1 ? options.noun[0] : options.noun[1];
       var shown = Math.min(state.shown, items.length);
       count.textContent = state.query
         ? items.length + ' of ' + total + ' ' + noun + ' match' + (shown < items.length ? ', showing ' + shown : '')
         : total + ' ' + noun + (shown < items.length ? ', showing ' + shown : '');
-      body.replaceChildren();
-      items.slice(0, shown).forEach(function (item) {
+      more.hidden = shown >= items.length;
+      more.textContent = 'Show ' + Math.min(PAGE_SIZE, items.length - shown) + ' more';
+    }
+
+    function addRows(items, from) {
+      items.slice(from, state.shown).forEach(function (item) {
         var made = options.row(item);
         made.tr.fillRow = made.fill;
         body.append(made.tr);
         if (made.fill) observer.observe(made.tr);
       });
-      more.hidden = shown >= items.length;
-      more.textContent = 'Show ' + Math.min(PAGE_SIZE, items.length - shown) + ' more';
+    }
+
+    function render() {
+      var items = matching();
+      body.replaceChildren();
+      addRows(items, 0);
+      describe(items);
     }
 
     function sortBy(label, th) {
@@ -570,7 +578,7 @@
         th.setAttribute('aria-sort', descending ? 'descending' : 'ascending');
         th.removeAttribute('aria-busy');
         render();
-        announce('Sorted by ' + label.toLowerCase() + (descending ? ', newest first' : ''));
+        announce('Sorted by ' + label.toLowerCase() + (descending ? ', descending' : ''));
       }, function (error) {
         th.removeAttribute('aria-busy');
         announce(error.message);
@@ -587,8 +595,11 @@
       }, 120);
     });
     more.addEventListener('click', function () {
+      var items = matching();
+      var from = state.shown;
       state.shown += PAGE_SIZE;
-      render();
+      addRows(items, from); // the rows already shown stay as they are, with the details they read
+      describe(items);
     });
     if (state.sortedBy) {
       headerCells.forEach(function (cell) {

@@ -15,6 +15,7 @@ from pathlib import Path
 import bcrypt
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.settings import Settings
 from tests.security.conftest import PASSWORDS
@@ -86,6 +87,17 @@ def test_password_checks_cannot_starve_a_pull(
     assert answered_before_the_pull < total // 2, answered_before_the_pull
 
 
+def wait_for_streams(url: str, count: int) -> None:
+    """Until `count` upload bodies are streaming inside the service (its `registry_active_uploads` gauge)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        families = text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+        if any(s.name == "registry_active_uploads" and s.value == count for f in families for s in f.samples):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{count} uploads never streamed at once")
+
+
 def open_sessions(settings: Settings) -> set[str]:
     return {path.name for path in settings.staging_dir.iterdir()}
 
@@ -120,7 +132,7 @@ def test_sessions_with_requests_in_progress_are_never_dropped(
         ]
         for stream in streams:
             stream.send(b"half")
-        time.sleep(0.5)  # both PATCHes are inside the service, holding their sessions
+        wait_for_streams(url, 2)  # both PATCHes are inside the service, holding their sessions
         refused = bob.post("/v2/team/app/blobs/uploads/")
         assert refused.status_code == 429 and refused.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
         for stream in streams:
@@ -150,8 +162,8 @@ def test_a_burst_of_uploads_streams_at_most_the_limit_at_once(
         locations = [bob.post("/v2/team/app/blobs/uploads/").headers["location"] for _ in range(10)]
     streams = [RawClient(url).send_head("PATCH", location, {**auth, "Content-Length": "10"}) for location in locations]
     for stream in streams:
-        stream.send(b"12345")  # all ten are streaming now
-    time.sleep(0.5)
+        stream.send(b"12345")  # all ten are streaming now, or refused
+    wait_for_streams(url, 3)
     for stream in streams:
         with contextlib.suppress(OSError):  # a refused one may be closed already
             stream.send(b"67890")
