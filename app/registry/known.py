@@ -6,7 +6,7 @@ knows to be in the bucket and since when, learnt from its own writes and from li
 thousand existence questions that would each cost a HEAD.
 
 What that knowledge may decide, and why it is safe:
-- **A client's HEAD** is answered from a listing at most `LISTING_TTL_S` old, or from this process's own writes.
+- **A client's HEAD** is answered from a listing, or this process's own write, at most `LISTING_TTL_S` old.
   A wrong "absent" (another replica wrote the blob since) costs a re-upload, and the commit is create-only, so the
   object is not written twice. A wrong "present" makes the client skip an upload, which the manifest check catches.
 - **A manifest is published** only when every blob and child manifest it names is vouched for: written by this
@@ -107,7 +107,7 @@ class Known:
         holders = []
         for name, repository in self._repositories.items():
             seen = repository.blobs.seen.get(digest)
-            if seen is not None and (now - seen.at < LISTING_TTL_S or (seen.written and now - seen.at < WRITE_TRUST_S)):
+            if seen is not None and now - seen.at < LISTING_TTL_S:
                 holders.append(name)
         return holders
 
@@ -128,7 +128,7 @@ class Known:
         """The size from memory, None for "absent", or _UNKNOWN (never seen, seen too long ago, size not known)."""
         now = self.clock()
         seen = objects.seen.get(reference)
-        if seen is not None and (now - seen.at < LISTING_TTL_S or (seen.written and now - seen.at < WRITE_TRUST_S)):
+        if seen is not None and now - seen.at < LISTING_TTL_S:
             return seen.size if seen.size is not None else _UNKNOWN
         if seen is None and now - objects.listed_at < LISTING_TTL_S:
             return None
