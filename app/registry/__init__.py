@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from app.registry.blobs import Blobs
 from app.registry.catalog_page import CatalogPage
 from app.registry.client_sessions import ClientSessions
+from app.registry.gc_runs import GcRuns
 from app.registry.indexes import Indexes
 from app.registry.manifests import Manifests
 from app.registry.parts import PartSender
@@ -28,6 +29,7 @@ class Registry:
     client_sessions: ClientSessions
     page: CatalogPage
     policy: PolicyFile
+    gc_runs: GcRuns
 
 
 def open_uploads(settings: Settings, storage: Storage | None, *, create: bool = True) -> Uploads:
@@ -42,20 +44,23 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
     uploads = open_uploads(settings, storage)
     indexes = Indexes(storage)
     policy = open_policy(settings.policy)
+    gc_runs = GcRuns(storage, settings.gc_watch_seconds)
     return Registry(
         settings=settings,
         storage=storage,
         uploads=uploads,
         indexes=indexes,
-        blobs=Blobs(storage, uploads, indexes),
+        blobs=Blobs(storage, uploads, indexes, gc_runs),
         manifests=Manifests(
             storage,
             indexes,
             settings.max_manifest_descriptors,
             sparse=settings.sparse_manifests,
             policy=policy,
+            gc_runs=gc_runs,
         ),
         client_sessions=ClientSessions(uploads, settings.max_sessions_per_client),
         page=CatalogPage(storage),
         policy=policy,
+        gc_runs=gc_runs,
     )

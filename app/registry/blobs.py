@@ -10,6 +10,7 @@ from anyio.to_thread import run_sync as run
 from app import layout
 from app.errors import BlobUnknown
 from app.metrics import COMMIT_SECONDS, COMMITTED_BLOBS
+from app.registry.gc_runs import GcRuns
 from app.registry.indexes import Indexes
 from app.registry.keyed_locks import KeyedLocks
 from app.registry.references import NAME_RE
@@ -23,14 +24,16 @@ SourceCheck = Callable[[str], Awaitable[bool]]
 
 
 class Blobs:
-    def __init__(self, storage: Storage, uploads: Uploads, indexes: Indexes) -> None:
+    def __init__(self, storage: Storage, uploads: Uploads, indexes: Indexes, gc_runs: GcRuns | None = None) -> None:
         self.storage = storage
         self.uploads = uploads
         self.indexes = indexes
+        self.gc_runs = gc_runs or GcRuns(storage, 0)  # a running gc's candidates a request relies on are claimed
         # Concurrent pushes of one layer publish it once: Storj allows about one write per second to a key.
         self._publishing = KeyedLocks()
 
     async def stat(self, name: str, digest: str) -> ObjectInfo | None:
+        await self.gc_runs.claim([layout.blob(name, digest)])
         return await run(self.storage.stat, layout.blob(name, digest))
 
     async def require(self, name: str, digest: str, share_from: SourceCheck | None = None) -> ObjectInfo:
@@ -58,6 +61,7 @@ class Blobs:
 
     async def _publish(self, upload: Upload, key: str, digest: str, size: int) -> None:
         """Write a verified upload at `key`, unless an earlier push of the same blob already did."""
+        await self.gc_runs.claim([key])
         if await run(self.storage.stat, key) is not None:
             return
         await self.indexes.ensure_index_html()
