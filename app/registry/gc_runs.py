@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from anyio.to_thread import run_sync as run
@@ -35,6 +35,7 @@ from fastapi import FastAPI
 
 from app import layout
 from app.errors import StorageUnavailable
+from app.registry.purging import in_background
 from app.storage import Storage, StorageFault
 
 log = logging.getLogger("storj_registry")
@@ -126,13 +127,6 @@ class GcRuns:
         )
 
 
-@contextlib.asynccontextmanager
-async def watching_gc_runs(app: FastAPI) -> AsyncIterator[None]:
+def watching_gc_runs(app: FastAPI) -> contextlib.AbstractAsyncContextManager[None]:
     """Lifespan of the app: the watch runs while the app serves."""
-    task = asyncio.create_task(app.state.registry.gc_runs.watch())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return in_background(app.state.registry.gc_runs.watch())
