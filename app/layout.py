@@ -107,3 +107,34 @@ def staged_upload(upload_id: str) -> str:
     multipart upload and its copy to the blob's key.
     """
     return f"v2/_uploads/{upload_id}"
+
+
+GC_STATE = "v2/_gc/"
+GC_RUN = f"{GC_STATE}run"  # the announcement of a `gc --delete` run
+
+
+def gc_state(run_id: str) -> str:
+    """Everything one `gc --delete` run writes besides `GC_RUN` (see app/registry/gc_runs.py for the protocol).
+
+    `_gc` cannot be a repository name either.
+    """
+    return f"{GC_STATE}{run_id}/"
+
+
+def gc_candidates(run_id: str) -> str:
+    """The keys the run may delete: every service replica reads them once the run has marked them."""
+    return f"{gc_state(run_id)}candidates"
+
+
+def gc_condemned(run_id: str) -> str:
+    """The candidates the run is about to delete, written after its grace and before it reads the claims."""
+    return f"{gc_state(run_id)}condemned"
+
+
+def gc_claims(run_id: str) -> str:
+    return f"{gc_state(run_id)}claims/"
+
+
+def gc_claim(run_id: str, key: str) -> str:
+    """A push relies on candidate `key`: the run must not delete it."""
+    return gc_claims(run_id) + key

@@ -16,6 +16,7 @@ from app.events import Notifier
 from app.lifecycle import Drain
 from app.observability import RequestObserver, instrument_storage
 from app.registry import Registry, build_registry
+from app.registry.gc_runs import watching_gc_runs
 from app.registry.purging import purging_abandoned_uploads
 from app.settings import Settings, load_settings
 
@@ -42,14 +43,15 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """At start the catalog page is published and the bucket's state read in the background (`Registry.warm`);
-    while the app serves, abandoned uploads are purged, events delivered, and SIGHUP reads the policy file again.
+    while the app serves, abandoned uploads are purged, events delivered, a gc run is watched for, and SIGHUP reads
+    the policy file again.
     At the end, blob writes in flight finish and events left over are kept."""
     registry: Registry = app.state.registry
     notifier: Notifier = app.state.notifier
     with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, registry.policy.reload)
     warming = asyncio.create_task(registry.warm())
-    async with page.publishing_page(app), purging_abandoned_uploads(app):
+    async with page.publishing_page(app), purging_abandoned_uploads(app), watching_gc_runs(app):
         notifier.start()
         try:
             yield

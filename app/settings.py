@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     sparse_manifests: bool = False
     delete_enabled: bool = False
     policy: Path | None = None  # lifecycle rules: immutable tags, retention (see app/registry/policy.py)
+    gc_watch_seconds: float = Field(default=10, gt=0, le=300)  # how often each replica looks for a gc run
     upload_max_age_seconds: float = Field(default=24 * 3600, gt=0)
 
     # Operations: log format, and the graceful stop on SIGTERM (see app/lifecycle.py).

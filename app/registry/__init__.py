@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from app.registry.blobs import Blobs
 from app.registry.catalog_page import CatalogPage
 from app.registry.client_sessions import ClientSessions
+from app.registry.gc_runs import GcRuns
 from app.registry.indexes import Indexes
 from app.registry.known import Known
 from app.registry.manifests import Manifests
@@ -35,6 +36,7 @@ class Registry:
     client_sessions: ClientSessions
     page: CatalogPage
     policy: PolicyFile
+    gc_runs: GcRuns
 
     async def warm(self) -> None:
         """At start, off any push's path, read what pushes will ask: whether `v2/index.html` is there, the
@@ -64,9 +66,12 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
     storage = storage or open_storage(settings)
     uploads = open_uploads(settings, storage)
     indexes = Indexes(storage)
-    known = Known(storage, deletes_enabled=settings.delete_enabled)
+    gc_runs = GcRuns(storage, settings.gc_watch_seconds)
+    known = Known(storage, deletes_enabled=settings.delete_enabled, distrust=lambda: gc_runs.active)
     records = LocationRecords(storage, settings.share_min_bytes)
-    blobs = Blobs(storage, uploads, indexes, known, records, in_background=settings.publish_in_background)
+    blobs = Blobs(
+        storage, uploads, indexes, known, records, in_background=settings.publish_in_background, gc_runs=gc_runs
+    )
     policy = open_policy(settings.policy)
     return Registry(
         settings=settings,
@@ -84,8 +89,10 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
             settings.max_manifest_descriptors,
             sparse=settings.sparse_manifests,
             policy=policy,
+            gc_runs=gc_runs,
         ),
         client_sessions=ClientSessions(uploads, settings.max_sessions_per_client),
         page=CatalogPage(storage),
         policy=policy,
+        gc_runs=gc_runs,
     )

@@ -15,6 +15,7 @@ from anyio.to_thread import run_sync as run
 from app import layout
 from app.errors import BlobUnknown
 from app.metrics import COMMIT_SECONDS, COMMITTED_BLOBS
+from app.registry.gc_runs import GcRuns
 from app.registry.indexes import Indexes
 from app.registry.keyed_locks import KeyedLocks
 from app.registry.known import Kind, Known
@@ -41,8 +42,10 @@ class Blobs:
         records: LocationRecords,
         *,
         in_background: bool = True,
+        gc_runs: GcRuns | None = None,
     ) -> None:
         self.in_background = in_background
+        self.gc_runs = gc_runs or GcRuns(storage, 0)  # a running gc's candidates a request relies on are claimed
         self.storage = storage
         self.uploads = uploads
         self.indexes = indexes
@@ -56,6 +59,7 @@ class Blobs:
 
     async def size(self, name: str, digest: str) -> int | None:
         """The blob's size if the repository holds it (or it is verified and on its way there), else None."""
+        await self.gc_runs.claim([layout.blob(name, digest)])
         pending = self.publishing.size(name, digest)
         return pending if pending is not None else await self.known.size(name, Kind.BLOB, digest)
 
@@ -118,6 +122,7 @@ class Blobs:
     async def _publish(self, upload: Upload, key: str, size: int) -> None:
         """Write a verified upload at `key` (create-only), unless it is known to be there already."""
         digest = key.rsplit("/", 1)[1]
+        await self.gc_runs.claim([key])
         if self.known.vouched(upload.name, Kind.BLOB, digest):
             return
         await self.indexes.ensure_index_html()

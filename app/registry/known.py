@@ -79,9 +79,17 @@ class _Repository:
 
 
 class Known:
-    def __init__(self, storage: Storage, *, deletes_enabled: bool, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        deletes_enabled: bool,
+        distrust: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.storage = storage
         self.deletes_enabled = deletes_enabled
+        self.distrust = distrust  # while it says so (a gc run is announced), nothing is vouched for
         self.clock = clock
         self._repositories: OrderedDict[str, _Repository] = OrderedDict()
 
@@ -150,7 +158,7 @@ class Known:
 
     def vouched(self, name: str, kind: Kind, reference: str) -> bool:
         """May a manifest naming this object be published without asking the store? (See the module's rules.)"""
-        if self.deletes_enabled:
+        if self.deletes_enabled or self.distrust():
             return False
         seen = self._repository(name).of(kind).seen.get(reference)
         if seen is None:

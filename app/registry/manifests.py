@@ -19,6 +19,7 @@ from anyio.to_thread import run_sync as run
 from app import layout
 from app.errors import DigestInvalid, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
 from app.registry.formats import Manifest, parse_manifest
+from app.registry.gc_runs import GcRuns
 from app.registry.indexes import Indexes
 from app.registry.known import Kind, Known
 from app.registry.policy import PolicyFile, refusal
@@ -55,6 +56,7 @@ class Manifests:
         *,
         sparse: bool = False,
         policy: PolicyFile | None = None,
+        gc_runs: GcRuns | None = None,
     ) -> None:
         self.storage = storage
         self.indexes = indexes
@@ -63,6 +65,7 @@ class Manifests:
         self.max_descriptors = max_descriptors
         self.sparse = sparse  # REGISTRY_SPARSE_MANIFESTS: accept manifests whose blobs or children are absent
         self.policy = policy or PolicyFile(None)  # REGISTRY_POLICY: immutable tags
+        self.gc_runs = gc_runs or GcRuns(storage, 0)  # a running gc's candidates a push relies on are claimed
 
     async def put(
         self,
@@ -85,6 +88,7 @@ class Manifests:
         digest = self._digest_for(reference, body, named)
         tags = tuple(dict.fromkeys(([] if is_digest(reference) else [reference]) + list(tags)))
         await self._refuse_moving_immutable(name, tags, body)
+        await self.gc_runs.claim(self._relied_on(name, manifest, digest, tags))
         await self._require_references(name, manifest)
         await self.indexes.ensure_index_html()
         await self._write_by_digest(name, digest, body, manifest.media_type)
@@ -154,6 +158,13 @@ class Manifests:
         for tag in tags:
             if rule := policy.immutable_rule(name, tag):
                 raise refusal(rule, name, tag, "deleted")
+
+    @staticmethod
+    def _relied_on(name: str, manifest: Manifest, digest: str, tags: Sequence[str]) -> list[str]:
+        """The keys a push of `manifest` needs to stay: what it names, its digest key, its tags."""
+        keys = [layout.blob(name, d.digest) for d in manifest.blobs if not d.external]
+        keys += [layout.manifest(name, d.digest) for d in manifest.children]
+        return keys + [layout.manifest(name, reference) for reference in (digest, *tags)]
 
     async def _require_references(self, name: str, manifest: Manifest) -> None:
         blobs = [d.digest for d in manifest.blobs if not d.external]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -40,13 +41,18 @@ async def purge_forever(uploads: Uploads, max_age_seconds: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def purging_abandoned_uploads(app: FastAPI) -> AsyncIterator[None]:
-    """Lifespan of the app: the purge runs while the app serves."""
-    registry = app.state.registry
-    task = asyncio.create_task(purge_forever(registry.uploads, registry.settings.upload_max_age_seconds))
+async def in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run `work` while the block runs (a part of the app's lifespan), cancelled when it ends."""
+    task = asyncio.create_task(work)
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def purging_abandoned_uploads(app: FastAPI) -> contextlib.AbstractAsyncContextManager[None]:
+    """Lifespan of the app: the purge runs while the app serves."""
+    registry = app.state.registry
+    return in_background(purge_forever(registry.uploads, registry.settings.upload_max_age_seconds))

@@ -19,6 +19,7 @@ from app.settings import Settings, load_settings
 from app.storage import Storage, StorageFault, open_storage
 from app.tools.fsck import fsck
 from app.tools.gc import DEFAULT_GRACE_SECONDS, Removal, gc
+from app.tools.gc_run import DEFAULT_MARK_SECONDS, DEFAULT_SETTLE_SECONDS, GcRunning, RunTiming
 
 EXIT_PROBLEMS = 1
 EXIT_STORAGE = 3
@@ -53,7 +54,14 @@ def run_gc(args: argparse.Namespace) -> int:
     settings = load_settings()
     notifier = Notifier(settings)  # before anything is deleted: a wrong events setting stops gc here
     policy = open_policy(settings.policy).policy
-    report = gc(existing_store(settings), delete=args.delete, grace_seconds=args.grace_seconds, policy=policy)
+    timing = RunTiming(args.settle_seconds, args.mark_seconds)
+    try:
+        report = gc(
+            existing_store(settings), delete=args.delete, grace_seconds=args.grace_seconds, policy=policy, timing=timing
+        )
+    except GcRunning as exc:
+        print(f"storj-registry gc: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
     say_if_empty("gc", settings, report.keys)
     announce(notifier, report.removed)
     return 0
@@ -164,6 +172,20 @@ def add_tool_commands(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=DEFAULT_GRACE_SECONDS,
         help=f"keep objects modified this recently: pushes in progress (default {DEFAULT_GRACE_SECONDS})",
+    )
+    collect.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=DEFAULT_SETTLE_SECONDS,
+        help="with --delete: wait this long after announcing the run, so every service replica heeds it "
+        f"(default {DEFAULT_SETTLE_SECONDS:.0f}: their watch interval and their trust in earlier checks)",
+    )
+    collect.add_argument(
+        "--mark-seconds",
+        type=float,
+        default=DEFAULT_MARK_SECONDS,
+        help="with --delete: wait this long between marking candidates and deleting them, so pushes can claim "
+        f"them (default {DEFAULT_MARK_SECONDS:.0f}: longer than a push)",
     )
     collect.set_defaults(handler=storage_faults_exit(run_gc))
 

@@ -29,6 +29,7 @@ from app.registry.policy import Policy
 from app.registry.references import digest_of
 from app.storage import Storage
 from app.storage.base import MultipartStorage
+from app.tools.gc_run import RunTiming, announced_run
 from app.tools.inventory import (
     Inventory,
     Progress,
@@ -119,6 +120,20 @@ def reachable(stored: Iterable[StoredManifest], roots: Iterable[str] = ()) -> Re
     return Reachability(kept, blobs, by_digest, tags, unreadable)
 
 
+@dataclass
+class Plan:
+    """What one repository lets go, from one reading of it: tags (with the reason), manifests, blobs."""
+
+    name: str
+    tags: dict[str, str]
+    manifests: dict[str, StoredManifest]
+    blobs: list[str]
+
+    def candidates(self) -> list[str]:
+        keys = [layout.manifest(self.name, reference) for reference in (*self.tags, *self.manifests)]
+        return keys + [layout.blob(self.name, digest) for digest in self.blobs]
+
+
 class Collector:
     def __init__(
         self,
@@ -141,9 +156,25 @@ class Collector:
         self.started = time.time()
         self.deleted_blobs: set[str] = set()
 
-    def collect(self, inventory: Inventory) -> Report:
-        for repository in inventory.sorted_repositories():
-            self.collect_repository(repository)
+    def say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def plan(self, inventory: Inventory) -> list[Plan]:
+        plans = [self.plan_repository(repository) for repository in inventory.sorted_repositories()]
+        return [plan for plan in plans if plan is not None]
+
+    def report_plans(self, plans: list[Plan]) -> None:
+        """A dry run: what would go, and why."""
+        for plan in plans:
+            for tag, why in sorted(plan.tags.items()):
+                self.would_delete(layout.manifest(plan.name, tag), why)
+            for digest in sorted(plan.manifests):
+                self.would_delete(layout.manifest(plan.name, digest))
+            for digest in plan.blobs:
+                self.would_delete(layout.blob(plan.name, digest))
+
+    def finish(self, inventory: Inventory) -> Report:
+        """What is not a repository's: sharing records, interrupted commits, abandoned multipart uploads."""
         self.forget_blob_records(inventory)
         for upload_id in self.old_enough(sorted(inventory.staged_uploads), layout.staged_upload):
             key = layout.staged_upload(upload_id)
@@ -157,12 +188,12 @@ class Collector:
         for key, upload_id, started in sorted(storage.unfinished_multipart()):
             age = self.started - started
             if age < self.grace_seconds:
-                print(f"kept-recent multipart {key} {upload_id} started {age:.0f}s ago", file=self.out, flush=True)
+                self.say(f"kept-recent multipart {key} {upload_id} started {age:.0f}s ago")
                 continue
             self.report.garbage += 1
             self.remove(f"multipart {key} {upload_id}", partial(storage.abort_multipart, key, upload_id))
 
-    def collect_repository(self, repository: Repository) -> None:
+    def plan_repository(self, repository: Repository) -> Plan | None:
         self.report.repositories += 1
         self.report.blobs += len(repository.blobs)
         self.report.manifests += len(repository.digests)
@@ -171,9 +202,9 @@ class Collector:
         if alive.unreadable:
             self.report.skipped.append(repository.name)
             self.progress.say(f"{repository.name} left alone, unreadable: {', '.join(alive.unreadable)}")
-            return
+            return None
         name = repository.name
-        expired = self.apply_retention(name, alive.tags)
+        expired = self.judge_tags(name, alive.tags)
         if expired:
             stored = [item for item in stored if item.by_digest or item.reference not in expired]
             alive = reachable(stored)
@@ -183,56 +214,64 @@ class Collector:
         if recent:  # a push in progress: what its manifests reference stays too
             alive = reachable(stored, roots=recent)
             self.report.garbage -= sum(digest in alive.manifests for digest in old)
-        dropped = [digest for digest in old if digest not in alive.manifests]
-        for digest in dropped:
-            item = alive.by_digest[digest]
+        dropped = {digest: alive.by_digest[digest] for digest in old if digest not in alive.manifests}
+        blobs = self.old_enough(sorted(repository.blobs - alive.blobs), partial(layout.blob, name))
+        return Plan(name, expired, dropped, blobs)
+
+    def judge_tags(self, name: str, tags: list[StoredManifest]) -> dict[str, str]:
+        """The tags the repository's retention rule lets go, with the reason; a line for each one kept."""
+        expired = {}
+        for decision in judge_tags(name, tags, self.policy, self.started):
+            if decision.keep:
+                self.say(f"keep {decision.tag.key} ({decision.why})")
+            else:
+                expired[decision.tag.reference] = decision.why
+                self.report.garbage += 1
+        return expired
+
+    def execute(self, plan: Plan, claimed: set[str]) -> None:
+        """Delete what the plan found, except what a push claimed or what the repository references now.
+
+        The repository is read again first: every manifest there now, but the condemned ones, stays with all it
+        reaches (a manifest pushed since the plan, by a replica or by a tool that does not claim). Tags go
+        first, then manifests, then blobs, so that every state in between pulls.
+        """
+        name = plan.name
+        for key in sorted(set(plan.candidates()) & claimed):
+            self.say(f"kept-claimed {key} (a push relies on it)")
+        tags = {tag for tag in plan.tags if layout.manifest(name, tag) not in claimed}
+        doomed = {digest for digest in plan.manifests if layout.manifest(name, digest) not in claimed}
+        now = relist_manifests(self.storage, name)
+        current = [
+            s for s in read_manifests(self.storage, now, self.progress) if s.by_digest or s.reference not in tags
+        ]
+        alive = reachable(current, roots=now.digests - doomed)
+        if alive.unreadable:
+            self.progress.say(f"{name} left alone, unreadable now: {', '.join(alive.unreadable)}")
+            return
+        self.delete_tags(name, sorted(tags & now.tags), plan.tags)
+        for digest in sorted(doomed & now.digests - alive.manifests):
+            item = plan.manifests[digest]
             if self.remove(layout.manifest(name, digest), partial(self.forget_manifest, name, item)):
                 self.report.removed.append(Removal(name, digest, item.manifest.media_type if item.manifest else ""))
-        candidates = sorted(repository.blobs - alive.blobs)
-        if self.delete and dropped and candidates:
-            alive = self.look_again(name, set(dropped))
-            if alive.unreadable:
-                return
-        for digest in self.old_enough([d for d in candidates if d not in alive.blobs], partial(layout.blob, name)):
-            if self.remove(layout.blob(name, digest), partial(self.storage.delete, layout.blob(name, digest))):
+        for digest in plan.blobs:
+            key = layout.blob(name, digest)
+            if key in claimed or digest in alive.blobs:
+                continue
+            if self.remove(key, partial(self.storage.delete, key)):
                 self.report.removed.append(Removal(name, digest, layout.OCTET_STREAM))
             self.deleted_blobs.add(digest)
 
-    def apply_retention(self, name: str, tags: list[StoredManifest]) -> set[str]:
-        """Delete (or report) the tags the repository's retention rule lets go; their names.
-
-        Tags go before anything else, and the tags list is rebuilt at once: a tag never outlives its manifest.
-        """
-        expired = set()
-        for decision in judge_tags(name, tags, self.policy, self.started):
-            key = decision.tag.key
-            if decision.keep:
-                print(f"keep {key} ({decision.why})", file=self.out, flush=True)
-                continue
-            expired.add(decision.tag.reference)
-            self.report.garbage += 1
-            self.remove(key, partial(self.storage.delete, key), decision.why)
-        if expired and self.delete:
+    def delete_tags(self, name: str, tags: list[str], why: dict[str, str]) -> None:
+        """Delete tags, then rebuild the tags list at once."""
+        for tag in tags:
+            key = layout.manifest(name, tag)
+            self.remove(key, partial(self.storage.delete, key), why[tag])
+        if tags:
             truth = partial(indexes.list_tags, self.storage, name)
             indexes.converge(
                 self.storage, layout.tags_list(name), truth, partial(indexes.tags_document, name), layout.JSON
             )
-        return expired
-
-    def look_again(self, name: str, dropped: set[str]) -> Reachability:
-        """Read the repository again after deleting manifests: pushes may have come while gc was deciding.
-
-        Every manifest there now stays, so every blob it names stays. A tag pushed meanwhile onto a manifest
-        just deleted gets the manifest's digest key back, from its own (identical) bytes.
-        """
-        now = relist_manifests(self.storage, name)
-        alive = reachable(read_manifests(self.storage, now, self.progress), roots=now.digests)
-        for tag in alive.tags:
-            if tag.digest in dropped and tag.digest not in now.digests and tag.manifest is not None:
-                key = layout.manifest(name, tag.digest)
-                self.storage.put_bytes(key, tag.body, tag.manifest.media_type, layout.MANIFEST_CACHE_IMMUTABLE)
-                print(f"restored {key} (tagged again meanwhile)", file=self.out, flush=True)
-        return alive
 
     def old_enough(self, names: list[str], key_of: Callable[[str], str], min_age: float | None = None) -> list[str]:
         """Count each unreferenced object; report those modified within the grace period (or `min_age`), return
@@ -248,20 +287,23 @@ class Collector:
             age = self.started - (info.last_modified or 0)
             if age < min_age:
                 self.report.recent += 1
-                print(f"kept-recent {key} modified {age:.0f}s ago", file=self.out, flush=True)
+                self.say(f"kept-recent {key} modified {age:.0f}s ago")
             else:
                 old.append(name)
         return old
 
+    def would_delete(self, key: str, why: str = "") -> None:
+        self.say(f"would-delete {key}" + (f" ({why})" if why else ""))
+
     def remove(self, key: str, delete: Callable[[], None], why: str = "") -> bool:
         """Delete (True), or only report in a dry run (False)."""
-        because = f" ({why})" if why else ""
         if not self.delete:
-            print(f"would-delete {key}{because}", file=self.out, flush=True)
+            self.would_delete(key, why)
             return False
+        because = f" ({why})" if why else ""
         delete()
         self.report.deleted += 1
-        print(f"deleted {key}{because}", file=self.out, flush=True)
+        self.say(f"deleted {key}{because}")
         return True
 
     def forget_manifest(self, name: str, item: StoredManifest) -> None:
@@ -291,11 +333,28 @@ def gc(
     out: TextIO | None = None,
     progress: Progress | None = None,
     policy: Policy | None = None,
+    timing: RunTiming | None = None,
 ) -> Report:
+    """A dry run reports from one listing. `--delete` runs the protocol of app/registry/gc_runs.py: announce,
+    settle, list and plan, mark, wait the grace, condemn, delete what no push claimed, end."""
     progress = progress or Progress("gc")
     out = out or sys.stdout
-    inventory = take_inventory(storage, progress)
-    report = Collector(storage, grace_seconds, delete, out, progress, policy).collect(inventory)
+    collector = Collector(storage, grace_seconds, delete, out, progress, policy)
+    if not delete:
+        inventory = take_inventory(storage, progress)
+        collector.report_plans(collector.plan(inventory))
+        return summarize(collector.finish(inventory), inventory, progress, delete)
+    with announced_run(storage, timing or RunTiming(), progress) as run:
+        inventory = take_inventory(storage, progress)
+        plans = collector.plan(inventory)
+        claimed = run.condemn([key for plan in plans for key in plan.candidates()])
+        for plan in plans:
+            collector.execute(plan, claimed)
+        report = collector.finish(inventory)
+    return summarize(report, inventory, progress, delete)
+
+
+def summarize(report: Report, inventory: Inventory, progress: Progress, delete: bool) -> Report:
     report.keys = inventory.keys
     progress.say(report.summary(delete))
     return report

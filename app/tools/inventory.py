@@ -48,6 +48,7 @@ KEY_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("catalog_entry", _pattern(layout.catalog_entry("@name@"), name=_NAME)),
     ("blob_record", _pattern(layout.blob_location("@digest@"), digest=_DIGEST)),
     ("staged_upload", _pattern(layout.staged_upload("@id@"), id=UPLOAD_ID_RE.pattern)),
+    ("gc_state", re.compile(re.escape(layout.GC_STATE) + ".+")),  # a gc run's own (app/tools/gc_run.py)
 ]
 
 
@@ -130,6 +131,7 @@ _ADDERS: dict[str, Callable[[Inventory, dict[str, str]], None]] = {
     "catalog_entry": lambda inv, f: inv.catalog_entries.add(f["name"]),
     "blob_record": lambda inv, f: inv.blob_records.add(f["digest"]),
     "staged_upload": lambda inv, f: inv.staged_uploads.add(f["id"]),
+    "gc_state": lambda inv, f: None,
 }
 
 

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
+from app.cli import build_parser
 from app.mirror.sync import SyncConfig
+from app.registry.policy import parse
 from app.settings import Settings
 
 from ._support import CHART_DIR, require_module
@@ -116,8 +118,13 @@ SYNC: dict[str, Any] = {
         "extraEnv": [{"name": "GHCR_CREDS", "valueFrom": {"secretKeyRef": {"name": "ghcr", "key": "creds"}}}],
     },
 }
+POLICY = {
+    "immutable": [{"repositories": ["release/*"], "tags": ["v*"]}],
+    "retention": [{"repositories": ["ci/*"], "keep_last": 3, "keep_tags": ["latest"]}],
+}
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "sync": SYNC,
+    "policy-gc": {**S3, "policy": POLICY, "gc": {"enabled": True}},
     "oidc-events": OIDC_EVENTS,
     "defaults": {},
     "token-auth": TOKEN_AUTH,
@@ -763,3 +770,37 @@ def test_sync_is_refused_without_mirrors_or_on_filesystem_storage(chart: Any) ->
         render(chart, {**S3, "sync": {"enabled": True}})
     with pytest.raises(helm.HelmError, match=r"needs storage\.type s3"):
         render(chart, {"storage": {"type": "filesystem"}, "sync": {"enabled": True, "config": SYNC_CONFIG}})
+
+
+def test_the_policy_is_mounted_where_registry_policy_points(chart: Any) -> None:
+    rendered = render(chart, {**S3, "policy": POLICY})
+    config_map = rendered.one("ConfigMap")
+    assert parse(yaml.safe_load(config_map["data"]["policy.yaml"])).immutable_rule("release/app", "v1") is not None
+    assert rendered.volume("policy")["configMap"]["name"] == config_map["metadata"]["name"]
+    path = rendered.env()["REGISTRY_POLICY"]["value"]
+    assert path == rendered.mount("policy")["mountPath"] + "/policy.yaml"
+
+
+def test_gc_cronjob_applies_the_policy_to_the_service_bucket(chart: Any) -> None:
+    rendered = render(chart, {**S3, "policy": POLICY, "gc": {"enabled": True}})
+    job = rendered.one("CronJob")["spec"]
+    assert job["concurrencyPolicy"] == "Forbid"
+    pod = job["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = build_parser().parse_args(container["args"])  # the real CLI accepts them
+    assert (args.command, args.delete, args.settle_seconds, args.mark_seconds) == ("gc", True, 660, 900)
+    env = {item["name"]: item for item in container["env"]}
+    for name, item in rendered.env().items():  # the same bucket and policy file as the service
+        if name.startswith(("REGISTRY_S3_", "REGISTRY_STORAGE", "REGISTRY_POLICY")):
+            assert env[name] == item, name
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounts["policy"] == rendered.mount("policy")["mountPath"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["policy"] == rendered.volume("policy")
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_gc_is_off_by_default_and_refused_on_filesystem_storage(chart: Any) -> None:
+    assert "CronJob" not in render(chart, S3).kinds()
+    with pytest.raises(helm.HelmError, match=r"needs storage\.type s3"):
+        render(chart, {"storage": {"type": "filesystem"}, "gc": {"enabled": True}})

@@ -13,6 +13,7 @@ import pytest
 
 from app.settings import Settings
 from app.storage import Storage, open_storage
+from app.tools.gc_run import RunTiming
 from tests.support.pushing import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -26,6 +27,7 @@ from tests.support.pushing import (
 )
 
 NAME = "tools/app"
+QUICK = RunTiming(settle_seconds=0, mark_seconds=0)  # no service watches these buckets: nothing to wait for
 Report = TypeVar("Report")
 EMPTY = b"{}"
 

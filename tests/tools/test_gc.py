@@ -15,7 +15,7 @@ from app.storage import Storage
 from app.tools.fsck import fsck
 from app.tools.gc import gc
 from tests.support.pushing import digest
-from tests.tools.conftest import NAME, Sample, run_tool
+from tests.tools.conftest import NAME, QUICK, Sample, run_tool
 
 
 def garbage(sample: Sample) -> set[str]:
@@ -39,7 +39,7 @@ def test_gc_finds_then_deletes_exactly_the_unreferenced(storage: Storage, sample
     assert set(lines) == {f"would-delete {key}" for key in expected}
     assert keys(storage) == before
 
-    report, lines = run_tool(gc, storage, grace_seconds=0, delete=True)
+    report, lines = run_tool(gc, storage, grace_seconds=0, delete=True, timing=QUICK)
     assert set(lines) == {f"deleted {key}" for key in expected}
     assert report.deleted == len(expected)
     orphan_entry = layout.referrer_entry(NAME, sample.replaced.digest, digest(sample.orphan_signature))
@@ -55,7 +55,7 @@ def test_gc_finds_then_deletes_exactly_the_unreferenced(storage: Storage, sample
 def test_objects_within_the_grace_period_stay(storage: Storage, sample: Sample) -> None:
     """All of it is new: the unreferenced manifests stay, and so does what they reference."""
     before = keys(storage)
-    report, lines = run_tool(gc, storage, grace_seconds=3600, delete=True)
+    report, lines = run_tool(gc, storage, grace_seconds=3600, delete=True, timing=QUICK)
     unreferenced = [sample.replaced.manifest, sample.orphan_signature]
     expected = {layout.manifest(NAME, digest(m)) for m in unreferenced} | {
         layout.blob(NAME, digest(sample.orphan_blob))
@@ -76,7 +76,7 @@ def test_a_recent_manifest_keeps_the_old_objects_it_reaches(
     aged = garbage(sample) - {layout.manifest(NAME, sample.replaced.digest)}
     for key in aged:
         os.utime(settings.data_dir / key, (an_hour_ago, an_hour_ago))
-    _, lines = run_tool(gc, storage, grace_seconds=60, delete=True)
+    _, lines = run_tool(gc, storage, grace_seconds=60, delete=True, timing=QUICK)
     assert [line for line in lines if not line.startswith("kept-recent ")] == [
         f"deleted {layout.blob(NAME, digest(sample.orphan_blob))}"
     ]

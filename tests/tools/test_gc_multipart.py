@@ -9,6 +9,7 @@ from app.storage.s3 import S3Storage
 from app.tools.gc import gc
 from tests.conftest import s3_settings
 from tests.support.seaweed import S3Server
+from tests.tools.conftest import QUICK
 
 PREFIX = "reg"
 
@@ -27,7 +28,7 @@ def test_gc_aborts_abandoned_multipart_uploads_only_when_asked_and_past_the_grac
     s3_server.admin.create_multipart_upload(Bucket=bucket, Key="outside/the/prefix")
 
     recent = io.StringIO()
-    gc(storage, delete=True, grace_seconds=3600, out=recent)
+    gc(storage, delete=True, grace_seconds=3600, timing=QUICK, out=recent)
     assert f"kept-recent multipart {key}" in recent.getvalue()
 
     dry = io.StringIO()
@@ -35,6 +36,6 @@ def test_gc_aborts_abandoned_multipart_uploads_only_when_asked_and_past_the_grac
     assert f"would-delete multipart {key}" in dry.getvalue()
     assert sorted(open_uploads(s3_server, bucket)) == sorted([f"{PREFIX}/{key}", "outside/the/prefix"])
 
-    report = gc(storage, delete=True, grace_seconds=0, out=io.StringIO())
+    report = gc(storage, delete=True, grace_seconds=0, timing=QUICK, out=io.StringIO())
     assert report.deleted == 1
     assert open_uploads(s3_server, bucket) == ["outside/the/prefix"]

@@ -26,7 +26,7 @@ from tests.support.pushing import (
     push_image,
     push_manifest,
 )
-from tests.tools.conftest import referrer, run_tool
+from tests.tools.conftest import QUICK, referrer, run_tool
 
 CI, PREVIEW = "ci/app", "preview/app"
 POLICY = parse(
@@ -92,7 +92,7 @@ def test_keep_last_keeps_the_newest_tags_and_latest_with_all_they_reach(
     )
     assert f"keep {layout.manifest(CI, 'latest')} (keep_tags of retention rule 1)" in lines
 
-    run_tool(gc, storage, grace_seconds=0, delete=True, policy=POLICY)
+    run_tool(gc, storage, grace_seconds=0, delete=True, policy=POLICY, timing=QUICK)
     assert client.get(f"/v2/{CI}/tags/list").json()["tags"] == ["build-3", "build-4", "build-5", "latest"]
     assert client.get(f"/v2/{CI}/manifests/{images[2].digest}").status_code == 404
     # gone from the bucket (the running service may answer a HEAD from what it saw for up to 30 s more)
@@ -105,14 +105,14 @@ def test_keep_last_keeps_the_newest_tags_and_latest_with_all_they_reach(
     referrers = client.get(f"/v2/{CI}/referrers/{images[5].digest}").json()["manifests"]
     assert [item["digest"] for item in referrers] == [digest(kept_signature)]
     assert run_tool(fsck, storage)[1] == []
-    assert run_tool(gc, storage, grace_seconds=0, delete=True, policy=POLICY)[0].deleted == 0  # settled
+    assert run_tool(gc, storage, grace_seconds=0, delete=True, policy=POLICY, timing=QUICK)[0].deleted == 0  # settled
 
 
 def test_expire_after_lets_old_tags_and_their_content_go(client: httpx.Client, storage: Storage) -> None:
     old = push_image(client, PREVIEW, "pr-1", seed=1)
     time.sleep(2.1)
     new = push_image(client, PREVIEW, "pr-2", seed=2)
-    _, lines = run_tool(gc, storage, grace_seconds=0, delete=True, policy=POLICY)
+    _, lines = run_tool(gc, storage, grace_seconds=0, delete=True, policy=POLICY, timing=QUICK)
     assert any(line.startswith(f"deleted {layout.manifest(PREVIEW, 'pr-1')} (pushed ") for line in lines)
     assert client.get(f"/v2/{PREVIEW}/tags/list").json()["tags"] == ["pr-2"]
     assert client.get(f"/v2/{PREVIEW}/manifests/{old.digest}").status_code == 404

@@ -93,6 +93,30 @@ shared staging volume, so that the chunks of one upload land where the upload wa
 {{- end }}
 
 {{/* The REGISTRY_* variables naming the store and the staging directory: the service's, and sync's too. */}}
+{{/* The lifecycle policy file, mounted from the chart's ConfigMap (the service and gc read the same one). */}}
+{{- define "storj-registry.policyEnv" -}}
+{{- if .Values.policy }}
+- name: REGISTRY_POLICY
+  value: /etc/storj-registry/policy/policy.yaml
+{{- end }}
+{{- end }}
+
+{{- define "storj-registry.policyMount" -}}
+{{- if .Values.policy }}
+- name: policy
+  mountPath: /etc/storj-registry/policy
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "storj-registry.policyVolume" -}}
+{{- if .Values.policy }}
+- name: policy
+  configMap:
+    name: {{ include "storj-registry.fullname" . }}-policy
+{{- end }}
+{{- end }}
+
 {{- define "storj-registry.storageEnv" -}}
 - name: REGISTRY_STORAGE
   value: {{ .Values.storage.type | quote }}
