@@ -67,7 +67,7 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
     uploads = open_uploads(settings, storage)
     indexes = Indexes(storage)
     gc_runs = GcRuns(storage, settings.gc_watch_seconds)
-    known = Known(storage, deletes_enabled=settings.delete_enabled, distrust=lambda: gc_runs.active)
+    known = Known(storage, deletes_enabled=settings.delete_enabled, trusted_since=gc_runs.trusted_since)
     records = LocationRecords(storage, settings.share_min_bytes)
     blobs = Blobs(
         storage, uploads, indexes, known, records, in_background=settings.publish_in_background, gc_runs=gc_runs

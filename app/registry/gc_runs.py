@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -65,16 +66,25 @@ class GcRuns:
         self.storage = storage
         self.watch_seconds = watch_seconds
         self.run: Run | None = None
+        self.ended_at = -math.inf  # when this replica saw the last run gone
 
     @property
     def active(self) -> bool:
         """A run is announced: nothing checked before it may be relied on."""
         return self.run is not None
 
+    def trusted_since(self) -> float:
+        """What the service remembers of the bucket counts only if learnt after this (monotonic) time: never while
+        a run is announced, and after one, only what was learnt once its end was seen (it may have deleted
+        anything learnt before)."""
+        return math.inf if self.run is not None else self.ended_at
+
     async def refresh(self) -> None:
         found = await run(self.storage.read_small, layout.GC_RUN)
         announced = parse_run(found[0]) if found else None
         if announced is None:
+            if self.run is not None:
+                self.ended_at = time.monotonic()
             self.run = None
             return
         run_id, phase = announced

@@ -15,7 +15,8 @@ What that knowledge may decide, and why it is safe:
   publish time would leave anyway). Anything else is checked against the store right then.
 - **With deletes enabled** another replica may delete anything at any moment, so nothing is vouched for: every
   reference is checked against the store when the manifest is published (one listing, or a few HEADs).
-- Deletes through this process forget what they remove at once.
+- Deletes through this process forget what they remove at once. While a `gc --delete` run is announced nothing
+  is vouched for and HEADs go to the store; after it, only what was learnt once its end was seen counts.
 
 A repository whose blob listing takes more than `MAX_LISTING_PAGES` pages is not listed again: its questions go to
 the store one HEAD each, which is then cheaper. Memory is bounded: at most `MAX_REPOSITORIES` repositories are
@@ -84,12 +85,13 @@ class Known:
         storage: Storage,
         *,
         deletes_enabled: bool,
-        distrust: Callable[[], bool] = lambda: False,
+        trusted_since: Callable[[], float] = lambda: -math.inf,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.storage = storage
         self.deletes_enabled = deletes_enabled
-        self.distrust = distrust  # while it says so (a gc run is announced), nothing is vouched for
+        # Evidence counts only if newer than this: a gc run (app/registry/gc_runs.py) may delete anything older.
+        self.trusted_since = trusted_since
         self.clock = clock
         self._repositories: OrderedDict[str, _Repository] = OrderedDict()
 
@@ -111,11 +113,11 @@ class Known:
 
     def holders(self, digest: str) -> list[str]:
         """Repositories this process knows to hold the blob right now (longest known first)."""
-        now = self.clock()
+        now, since = self.clock(), self.trusted_since()
         holders = []
         for name, repository in self._repositories.items():
             seen = repository.blobs.seen.get(digest)
-            if seen is not None and now - seen.at < LISTING_TTL_S:
+            if seen is not None and since < seen.at and now - seen.at < LISTING_TTL_S:
                 holders.append(name)
         return holders
 
@@ -124,6 +126,8 @@ class Known:
     async def size(self, name: str, kind: Kind, reference: str) -> int | None:
         """The object's size if it is in the bucket, None if not; from memory when fresh, else from the store."""
         objects = self._repository(name).of(kind)
+        if self.trusted_since() == math.inf:  # a gc run is on: only the store knows
+            return await self._head(name, kind, reference)
         answer = self._recall(objects, reference)
         if answer is not _UNKNOWN:
             return answer  # type: ignore[return-value]
@@ -134,11 +138,11 @@ class Known:
 
     def _recall(self, objects: _Objects, reference: str) -> int | object | None:
         """The size from memory, None for "absent", or _UNKNOWN (never seen, seen too long ago, size not known)."""
-        now = self.clock()
+        now, since = self.clock(), self.trusted_since()
         seen = objects.seen.get(reference)
-        if seen is not None and now - seen.at < LISTING_TTL_S:
+        if seen is not None and since < seen.at and now - seen.at < LISTING_TTL_S:
             return seen.size if seen.size is not None else _UNKNOWN
-        if seen is None and now - objects.listed_at < LISTING_TTL_S:
+        if seen is None and since < objects.listed_at and now - objects.listed_at < LISTING_TTL_S:
             return None
         return _UNKNOWN
 
@@ -158,10 +162,10 @@ class Known:
 
     def vouched(self, name: str, kind: Kind, reference: str) -> bool:
         """May a manifest naming this object be published without asking the store? (See the module's rules.)"""
-        if self.deletes_enabled or self.distrust():
+        if self.deletes_enabled:
             return False
         seen = self._repository(name).of(kind).seen.get(reference)
-        if seen is None:
+        if seen is None or seen.at <= self.trusted_since():
             return False
         age = self.clock() - seen.at
         return age < EVIDENCE_TRUST_S or (seen.written and age < WRITE_TRUST_S)
