@@ -67,6 +67,7 @@ class GcRuns:
         self.watch_seconds = watch_seconds
         self.run: Run | None = None
         self.ended_at = -math.inf  # when this replica saw the last run gone
+        self.claimed: set[str] = set()  # keys this replica claimed in the current run: safe until it ends
 
     @property
     def active(self) -> bool:
@@ -95,23 +96,27 @@ class GcRuns:
             listed = await run(self.storage.read_small, layout.gc_candidates(run_id))
             candidates = frozenset(json.loads(listed[0])) if listed else frozenset()
         if self.run is None or self.run.id != run_id:
+            self.claimed = set()
             log.info("gc run %s announced: pushes claim what they rely on until it ends", run_id)
         self.run = Run(run_id, candidates)
 
     async def watch(self) -> None:
+        """Look every `watch_seconds`, the first time one interval after the start: a replica starting during a
+        run is then no later to know of it than one that looked just before the run began, which gc's waits
+        allow for; and a start costs no request."""
         while True:
+            await asyncio.sleep(self.watch_seconds)
             try:
                 await self.refresh()
             except (StorageFault, ValueError) as exc:  # keep the last state: a store hiccup announces nothing
                 log.warning("could not read the gc announcement: %s", exc)
-            await asyncio.sleep(self.watch_seconds)
 
     async def claim(self, keys: Iterable[str]) -> None:
         """Keep the run from deleting `keys`; if it already condemned one, return only once it is over."""
         current = self.run
         if current is None:
             return
-        claimed = sorted({key for key in keys if key in current.candidates})
+        claimed = sorted({key for key in keys if key in current.candidates} - self.claimed)
         if not claimed:
             return
         marker = b"claimed by a push"
@@ -121,6 +126,8 @@ class GcRuns:
         found = await run(self.storage.read_small, layout.gc_condemned(current.id))
         if found is not None and set(json.loads(found[0])) & set(claimed):
             await self._wait_for_end(current.id)
+        elif self.run is current:
+            self.claimed.update(claimed)
 
     async def _wait_for_end(self, run_id: str) -> None:
         deadline = time.monotonic() + WAIT_LIMIT_SECONDS
