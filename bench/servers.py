@@ -76,7 +76,13 @@ def clean_env() -> dict[str, str]:
 
 
 def start_service(
-    s3: S3Server, bucket: str, workdir: Path, part_size: int, concurrency: int, endpoint: str | None = None
+    s3: S3Server,
+    bucket: str,
+    workdir: Path,
+    part_size: int,
+    concurrency: int,
+    endpoint: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Registry:
     """This service as a real `serve` subprocess (its RSS is what the benchmark reports).
 
@@ -94,6 +100,7 @@ def start_service(
             "REGISTRY_STAGING_DIR": str(workdir / "staging"),
             "PYTHONPATH": str(ROOT),
         }
+        | (extra_env or {})
     )
     command = [
         sys.executable,

@@ -45,6 +45,7 @@ PART_SIZE = 64 * MiB
 CONCURRENCY = 4
 BARE_WORKERS = 4  # the seed's script: four uploads at a time
 PUSH_TIMEOUT_S = 1800
+QUIET = {"REGISTRY_GC_WATCH_SECONDS": "3600"}  # a replica's background look for gc runs is not a push's cost
 OPERATIONS = ("PutObject", "UploadPart", "CopyObject", "HeadObject", "GetObject", "ListObjectsV2", "DeleteObject")
 
 
@@ -131,7 +132,8 @@ def run_case(s3: S3Server, workdir: Path, case: Case, seed: int, args: Any, resu
         results.add(case.key, "bare", measure(proxy, partial(bare_upload, s3, proxy, bucket, image, "bench/app")))
     for client in args.clients.split(","):
         with storj_proxy(s3, args.latency) as proxy:
-            service = start_service(s3, s3.new_bucket("svc"), workdir / client, PART_SIZE, CONCURRENCY, proxy.endpoint)
+            bucket = s3.new_bucket("svc")
+            service = start_service(s3, bucket, workdir / client, PART_SIZE, CONCURRENCY, proxy.endpoint, QUIET)
             try:
                 proxy.quiet()  # start-up work (v2/index.html, the catalog, the location records) is not a push
                 push = partial(PUSHERS[client], service, image)
