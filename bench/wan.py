@@ -45,7 +45,7 @@ PART_SIZE = 64 * MiB
 CONCURRENCY = 4
 BARE_WORKERS = 4  # the seed's script: four uploads at a time
 PUSH_TIMEOUT_S = 1800
-QUIET = {"REGISTRY_GC_WATCH_SECONDS": "3600"}  # a replica's background look for gc runs is not a push's cost
+QUIET = {"REGISTRY_GC_WATCH_SECONDS": "300"}  # a replica's background look for gc runs is not a push's cost
 OPERATIONS = ("PutObject", "UploadPart", "CopyObject", "HeadObject", "GetObject", "ListObjectsV2", "DeleteObject")
 
 

@@ -51,7 +51,7 @@ def storj_limits(proxy: FaultProxy) -> Iterator[None]:
 
 def proxied_settings(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy) -> Settings:
     # publishing in the background is the default; the gc watch (one GET a replica every 10 s) is not a push's
-    settings = s3_settings(s3_server, bucket, tmp_path, publish_in_background=True, gc_watch_seconds=3600)
+    settings = s3_settings(s3_server, bucket, tmp_path, publish_in_background=True, gc_watch_seconds=300)
     return settings.model_copy(update={"s3_endpoint": proxy.endpoint})
 
 
