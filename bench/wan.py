@@ -37,7 +37,7 @@ from boto3.s3.transfer import TransferConfig
 
 from bench.images import BenchImage, MiB, write_image, write_index
 from bench.servers import Registry, start_reference, start_service
-from tests.support.fault_proxy import FaultProxy, throttle_writes_per_key
+from tests.support.fault_proxy import FaultProxy, storj_write_limit
 from tests.support.seaweed import S3Server, start_seaweed
 from tests.support.tools import require_tool
 
@@ -168,7 +168,7 @@ class storj_proxy(FaultProxy):
 
     def __init__(self, s3: S3Server, latency: float) -> None:
         super().__init__(s3.endpoint, latency=latency)
-        self.add(throttle_writes_per_key(1.0, method="PUT"))
+        self.add(storj_write_limit())
 
 
 def measure(proxy: FaultProxy, push: Callable[[], int]) -> Sample:
@@ -203,7 +203,7 @@ def bare_upload(s3: S3Server, proxy: FaultProxy, bucket: str, image: BenchImage,
 
 
 def skopeo_push(registry: Registry, image: BenchImage, reference: str) -> int:
-    command = ["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"]
+    command = ["skopeo", "copy", "--quiet", "--all", "--preserve-digests", "--dest-tls-verify=false"]
     command += [image.ref, f"docker://{registry.address}/{reference}"]
     result = subprocess.run(command, capture_output=True, timeout=PUSH_TIMEOUT_S)
     if result.returncode != 0:

@@ -79,16 +79,19 @@ def converge(
     render: Callable[[Truth], bytes],
     content_type: str,
     guess: Truth | None = None,
+    *,
+    written: bool = False,
 ) -> float:
     """Write `render(truth())` at `key` until a look at the truth taken after the write agrees with it.
 
     A `guess` of the truth (what memory says it is) is written first instead of looking: the look after the write
-    corrects a wrong guess, and a right one saves a round trip. Returns when the last look started: every change
-    made before then is in the document.
+    corrects a wrong guess, and a right one saves a round trip. `written`: the caller wrote the guess already.
+    Returns when the last look started: every change made before then is in the document.
     """
     current = truth() if guess is None else guess
-    for _ in range(VERIFY_ROUNDS):
-        storage.put_bytes(key, render(current), content_type, layout.MUTABLE_CACHE)
+    for round_number in range(VERIFY_ROUNDS):
+        if not (written and round_number == 0):
+            storage.put_bytes(key, render(current), content_type, layout.MUTABLE_CACHE)
         checked_at = time.monotonic()
         latest = truth()
         if latest == current:
@@ -180,18 +183,31 @@ class Indexes:
         if name in self._in_catalog or (self._catalog_guess is not None and name in self._catalog_guess):
             self._in_catalog.add(name)
             return
-        with contextlib.suppress(ObjectExists):
-            await run(partial(self.storage.put_bytes, if_absent=True), layout.catalog_entry(name), b"", *_ENTRY)
-        await self._rebuild_catalog((self._catalog_guess or set()) | {name})
+        guess = sorted((self._catalog_guess or set()) | {name})
+        async with self._locks[layout.CATALOG]:  # the entry and the guessed catalog together: one round trip
+            await asyncio.gather(run(self._write_entry, name), run(self._write_catalog, guess))
+            self._settled[layout.CATALOG] = await run(
+                partial(converge, written=True),
+                self.storage,
+                layout.CATALOG,
+                self._catalog_truth,
+                catalog_document,
+                layout.JSON,
+                guess,
+            )
         self._in_catalog.add(name)
 
-    async def _rebuild_catalog(self, guess: set[str] | None = None) -> None:
-        def truth() -> list[str]:
-            names = list_catalog(self.storage)
-            self._catalog_guess = set(names)
-            return names
+    def _write_entry(self, name: str) -> None:
+        with contextlib.suppress(ObjectExists):
+            self.storage.put_bytes(layout.catalog_entry(name), b"", *_ENTRY, if_absent=True)
 
-        await self._rebuild(layout.CATALOG, truth, catalog_document, layout.JSON, sorted(guess) if guess else None)
+    def _write_catalog(self, names: list[str]) -> None:
+        self.storage.put_bytes(layout.CATALOG, catalog_document(names), layout.JSON, layout.MUTABLE_CACHE)
+
+    def _catalog_truth(self) -> list[str]:
+        names = list_catalog(self.storage)
+        self._catalog_guess = set(names)
+        return names
 
     # referrers ------------------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import pytest
 
 from app.settings import Settings
 from tests.conftest import s3_settings
-from tests.support.fault_proxy import FaultProxy, throttle_writes_per_key
+from tests.support.fault_proxy import FaultProxy, storj_write_limit
 from tests.support.images import Image, make_layer, oci_ref, write_image
 from tests.support.pushing import OCI_MANIFEST, digest, image_manifest
 from tests.support.registry_server import running_registry
@@ -44,7 +44,7 @@ def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
 @pytest.fixture
 def storj_limits(proxy: FaultProxy) -> Iterator[None]:
     """Storj's per-key write limit: a push that writes one key twice within a second meets `SlowDown`."""
-    throttle = proxy.add(throttle_writes_per_key(1.0, method="PUT"))
+    throttle = proxy.add(storj_write_limit())
     yield
     assert throttle.hits == 0, "a push met Storj's per-key write limit (SlowDown)"
 

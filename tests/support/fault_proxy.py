@@ -99,6 +99,12 @@ def throttle_writes_per_key(seconds: float = 1.0, **match: Any) -> Fault:
     return Fault("throttle", status=429, code="SlowDown", seconds=seconds, **match)
 
 
+def storj_write_limit() -> Fault:
+    """Storj's limit on object writes: one a second to a key (PUT and CopyObject; parts of a multipart upload are
+    not object writes)."""
+    return throttle_writes_per_key(1.0, method="PUT", query=r"^(?!.*partNumber=)")
+
+
 @dataclass(frozen=True)
 class Seen:
     method: str
