@@ -113,3 +113,14 @@ def test_blob_get_redirects_to_the_public_url(settings: Settings) -> None:
         assert response.headers["Location"] == f"https://registry.example.com/v2/{NAME}/blobs/{pushed}"
         assert client.head(f"/v2/{NAME}/blobs/{pushed}").status_code == 200
         assert client.get(f"/v2/{NAME}/blobs/{digest(b'none')}").status_code == 404
+
+
+def test_deleting_the_only_tag_leaves_an_empty_tags_list(settings: Settings) -> None:
+    """The conformance suite's manifest delete: SeaweedFS then lists the emptied folder as a key equal to the
+    prefix (a directory marker), which must never read as a tag named ""."""
+    deleting = settings.model_copy(update={"delete_enabled": True})
+    with running_registry(deleting) as url, httpx.Client(base_url=url) as client:
+        image = push_image(client, NAME, "only")
+        assert client.delete(f"/v2/{NAME}/manifests/{image.digest}").status_code == 202
+        assert client.get(f"/v2/{NAME}/tags/list").json()["tags"] == []
+        assert client.get(f"/v2/{NAME}/manifests/only").status_code == 404
