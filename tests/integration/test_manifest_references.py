@@ -22,6 +22,7 @@ from tests.support.pushing import (
     OCI_MANIFEST,
     descriptor,
     digest,
+    error_code,
     image_manifest,
     push_blob,
     push_image,
@@ -30,10 +31,6 @@ from tests.support.pushing import (
 from tests.support.registry_server import running_registry
 
 NAME = "conformance/app"
-
-
-def error_code(response: httpx.Response) -> str:
-    return response.json()["errors"][0]["code"]
 
 
 def sha512(data: bytes) -> str:

@@ -17,6 +17,7 @@ from tests.support.pushing import (
     OCI_MANIFEST,
     descriptor,
     digest,
+    error_code,
     image_manifest,
     push_blob,
     push_image,
@@ -25,10 +26,6 @@ from tests.support.pushing import (
 from tests.support.registry_server import running_registry
 
 NAME = "team/app"
-
-
-def error_code(response: httpx.Response) -> str:
-    return response.json()["errors"][0]["code"]
 
 
 def test_put_by_tag_writes_digest_then_tag_with_media_type(client: httpx.Client, bucket_view: BucketView) -> None:

@@ -16,6 +16,11 @@ OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 
+def error_code(response: httpx.Response) -> str:
+    """The OCI error code of a refusal (the first of its `errors`)."""
+    return response.json()["errors"][0]["code"]
+
+
 def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
