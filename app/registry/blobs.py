@@ -102,10 +102,13 @@ class Blobs:
     async def _publish_verified(self, upload: Upload, digest: str, size: int) -> None:
         """Write a session verified and acknowledged earlier to the bucket (the background half of `commit`)."""
         async with self.uploads.lock(upload):
-            if upload.data.exists():
+            try:
+                if not upload.data.exists():
+                    raise FileNotFoundError(upload.data)
                 await self._publish_locked(upload, digest, size)
-            elif await run(self.storage.stat, layout.blob(upload.name, digest)) is None:
-                raise StorageFault(f"the verified upload of {digest} vanished from the staging disk unpublished")
+            except FileNotFoundError:  # another process on the staging disk published and dropped it meanwhile
+                if await run(self.storage.stat, layout.blob(upload.name, digest)) is None:
+                    raise StorageFault(f"the verified upload of {digest} vanished unpublished") from None
         self._published(upload.name, digest, size)
 
     async def _publish_locked(self, upload: Upload, digest: str, size: int) -> None:
