@@ -17,7 +17,7 @@ from app.lifecycle import Drain
 from app.observability import RequestObserver, instrument_storage
 from app.registry import Registry, build_registry
 from app.registry.gc_runs import watching_gc_runs
-from app.registry.purging import purging_abandoned_uploads
+from app.registry.purging import in_background, purging_abandoned_uploads
 from app.settings import Settings, load_settings
 
 
@@ -50,14 +50,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     notifier: Notifier = app.state.notifier
     with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, registry.policy.reload)
-    warming = asyncio.create_task(registry.warm())
-    async with page.publishing_page(app), purging_abandoned_uploads(app), watching_gc_runs(app):
+    async with (
+        page.publishing_page(app),
+        in_background(registry.warm()),
+        purging_abandoned_uploads(app),
+        watching_gc_runs(app),
+    ):
         notifier.start()
         try:
             yield
         finally:
-            warming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await warming
             await registry.settle()
             await notifier.stop()

@@ -128,10 +128,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_case(s3: S3Server, workdir: Path, case: Case, seed: int, args: Any, results: Results) -> None:
     image = case.build(workdir / "image", seed)
     bucket = s3.new_bucket(f"bare-{case.key}")
-    with storj_proxy(s3, args.latency) as proxy:
+    with StorjRulesProxy(s3, args.latency) as proxy:
         results.add(case.key, "bare", measure(proxy, partial(bare_upload, s3, proxy, bucket, image, "bench/app")))
     for client in args.clients.split(","):
-        with storj_proxy(s3, args.latency) as proxy:
+        with StorjRulesProxy(s3, args.latency) as proxy:
             bucket = s3.new_bucket("svc")
             service = start_service(s3, bucket, workdir / client, PART_SIZE, CONCURRENCY, proxy.endpoint, QUIET)
             try:
@@ -144,7 +144,7 @@ def run_case(s3: S3Server, workdir: Path, case: Case, seed: int, args: Any, resu
             finally:
                 service.stop()
     if not args.no_reference:
-        with storj_proxy(s3, args.latency) as proxy:
+        with StorjRulesProxy(s3, args.latency) as proxy:
             reference = start_reference(s3, s3.new_bucket("ref"), workdir / "reference", proxy.endpoint)
             try:
                 proxy.quiet()
@@ -157,13 +157,14 @@ def run_case(s3: S3Server, workdir: Path, case: Case, seed: int, args: Any, resu
     if case.key == "many":
         results.add("retag", "bare", Sample(0.0, {"PutObject": 1}))  # the tag object alone, as a floor
     shutil.rmtree(workdir, ignore_errors=True)
+    rows = (case.key, "retag") if case.key == "many" else (case.key,)
     for (row, contender), samples in results.samples.items():
-        if row in (case.key, "retag") and samples:
+        if row in rows and samples:
             sample = samples[-1]
             print(f"  {row:<6} {contender:<18} {sample.seconds:7.2f} s {sample.requests:5d} requests", flush=True)
 
 
-class storj_proxy(FaultProxy):
+class StorjRulesProxy(FaultProxy):
     """A proxy with Storj's per-key write limit and the latency of a WAN round trip."""
 
     def __init__(self, s3: S3Server, latency: float) -> None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
+from tests.support.fault_proxy import FaultProxy
 from tests.support.registry_server import running_registry
 from tests.support.seaweed import S3Server, start_seaweed
 
@@ -29,23 +30,31 @@ def bucket(s3_server: S3Server) -> str:
 
 
 # Tests of the registry's logic look into the bucket right after a blob's 201, so they publish before answering;
-# the default (publishing behind the answer) is proven where it matters: real clients (e2e), request counts,
-# replicas, faults and crashes (tests/integration/test_background_publishing.py).
+# the default (publishing behind the answer) is proven where it matters: real clients (e2e), request counts, the
+# replica and crash tests (real `serve` processes), and tests/integration/test_background_publishing.py.
 SYNCHRONOUS = {"publish_in_background": False}
 
 
 def s3_settings(s3_server: S3Server, bucket: str, tmp_path: Path, **extra: object) -> Settings:
-    extra = SYNCHRONOUS | extra
+    """Settings for `bucket` on `s3_server`; `extra` overrides any of them (`s3_endpoint` of a proxy, say)."""
     return Settings(
-        storage="s3",
-        s3_endpoint=s3_server.endpoint,
-        s3_bucket=bucket,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        s3_region=s3_server.region,
-        staging_dir=tmp_path / "staging",
-        **extra,
+        **{
+            "storage": "s3",
+            "s3_endpoint": s3_server.endpoint,
+            "s3_bucket": bucket,
+            "s3_access_key": s3_server.access_key,
+            "s3_secret_key": s3_server.secret_key,
+            "s3_region": s3_server.region,
+            "staging_dir": tmp_path / "staging",
+        }
+        | SYNCHRONOUS
+        | extra
     )
+
+
+def proxied_settings(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy, **extra: object) -> Settings:
+    """Settings of a registry that reaches the bucket only through `proxy` (faults, latency, request counts)."""
+    return s3_settings(s3_server, bucket, tmp_path, s3_endpoint=proxy.endpoint, **extra)
 
 
 def filesystem_settings(tmp_path: Path, **extra: object) -> Settings:

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from app import layout
 from app.api.deps import RegistryDep
 from app.registry.catalog_page import CatalogPage
+from app.registry.purging import in_background
 from app.storage import StorageFault
 
 START_WAIT_SECONDS = 10.0  # start-up waits this long for the store; a slower store gets the page in the background
@@ -73,14 +74,9 @@ def content_security_policy(public_url: str | None) -> str:
 @contextlib.asynccontextmanager
 async def publishing_page(app: FastAPI) -> AsyncIterator[None]:
     """Lifespan part: publish the page at start-up without letting an unreachable store hold the start for long."""
-    task = asyncio.create_task(_publish(app.state.registry.page))
-    await asyncio.wait({task}, timeout=START_WAIT_SECONDS)
-    try:
+    async with in_background(_publish(app.state.registry.page)) as task:
+        await asyncio.wait({task}, timeout=START_WAIT_SECONDS)
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _publish(page: CatalogPage) -> None:

@@ -103,8 +103,6 @@ class Blobs:
         """Write a session verified and acknowledged earlier to the bucket (the background half of `commit`)."""
         async with self.uploads.lock(upload):
             try:
-                if not upload.data.exists():
-                    raise FileNotFoundError(upload.data)
                 await self._publish_locked(upload, digest, size)
             except FileNotFoundError:  # another process on the staging disk published and dropped it meanwhile
                 if await run(self.storage.stat, layout.blob(upload.name, digest)) is None:
@@ -114,7 +112,7 @@ class Blobs:
     async def _publish_locked(self, upload: Upload, digest: str, size: int) -> None:
         key = layout.blob(upload.name, digest)
         async with self._publishing.hold(key):
-            await self._publish(upload, key, size)
+            await self._publish(upload, key, digest, size)
         await self.uploads.discard(upload)
 
     def _published(self, name: str, digest: str, size: int) -> None:
@@ -122,9 +120,8 @@ class Blobs:
         self._deleted.pop((name, digest), None)
         self.records.remember(name, digest, size)
 
-    async def _publish(self, upload: Upload, key: str, size: int) -> None:
+    async def _publish(self, upload: Upload, key: str, digest: str, size: int) -> None:
         """Write a verified upload at `key` (create-only), unless it is known to be there already."""
-        digest = key.rsplit("/", 1)[1]
         await self.gc_runs.claim([key])
         if self.known.vouched(upload.name, Kind.BLOB, digest):
             return

@@ -106,7 +106,7 @@ class Indexes:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._settled: dict[str, float] = {}
         self._index_html_written = False
-        self._in_catalog: set[str] = set()  # repositories this process put in the catalog (or found there)
+        # The catalog as this process last read or rebuilt it: a repository in it needs no rebuild.
         self._catalog_guess: set[str] | None = None
 
     async def ensure_index_html(self) -> None:
@@ -180,8 +180,7 @@ class Indexes:
         nothing. Any other writes its entry (create-only) and rebuilds the catalog from the guess it keeps, which
         also repairs a catalog that a crash left without an entry's repository.
         """
-        if name in self._in_catalog or (self._catalog_guess is not None and name in self._catalog_guess):
-            self._in_catalog.add(name)
+        if self._catalog_guess is not None and name in self._catalog_guess:
             return
         guess = sorted((self._catalog_guess or set()) | {name})
         async with self._locks[layout.CATALOG]:  # the entry and the guessed catalog together: one round trip
@@ -195,7 +194,6 @@ class Indexes:
                 layout.JSON,
                 guess,
             )
-        self._in_catalog.add(name)
 
     def _write_entry(self, name: str) -> None:
         with contextlib.suppress(ObjectExists):

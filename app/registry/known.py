@@ -113,13 +113,16 @@ class Known:
 
     def holders(self, digest: str) -> list[str]:
         """Repositories this process knows to hold the blob right now (longest known first)."""
-        now, since = self.clock(), self.trusted_since()
         holders = []
         for name, repository in self._repositories.items():
             seen = repository.blobs.seen.get(digest)
-            if seen is not None and since < seen.at and now - seen.at < LISTING_TTL_S:
+            if seen is not None and self._recent(seen.at):
                 holders.append(name)
         return holders
+
+    def _recent(self, at: float) -> bool:
+        """May evidence from `at` answer a client (learnt after the last gc run, at most LISTING_TTL_S ago)?"""
+        return self.trusted_since() < at and self.clock() - at < LISTING_TTL_S
 
     # answering a client ---------------------------------------------------------------------------------
 
@@ -138,11 +141,10 @@ class Known:
 
     def _recall(self, objects: _Objects, reference: str) -> int | object | None:
         """The size from memory, None for "absent", or _UNKNOWN (never seen, seen too long ago, size not known)."""
-        now, since = self.clock(), self.trusted_since()
         seen = objects.seen.get(reference)
-        if seen is not None and since < seen.at and now - seen.at < LISTING_TTL_S:
+        if seen is not None and self._recent(seen.at):
             return seen.size if seen.size is not None else _UNKNOWN
-        if seen is None and since < objects.listed_at and now - objects.listed_at < LISTING_TTL_S:
+        if seen is None and self._recent(objects.listed_at):
             return None
         return _UNKNOWN
 

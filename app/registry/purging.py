@@ -41,11 +41,11 @@ async def purge_forever(uploads: Uploads, max_age_seconds: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+async def in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
     """Run `work` while the block runs (a part of the app's lifespan), cancelled when it ends."""
     task = asyncio.create_task(work)
     try:
-        yield
+        yield task
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

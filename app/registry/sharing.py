@@ -79,6 +79,7 @@ class LocationRecords:
             log.warning("could not list the blob location records: %s", exc)
             return
         self._listed = {key for key in keys if DIGEST_RE.fullmatch(key)}
+        self._written -= self._listed  # kept only until a listing shows them, so the set stays small
         self._loaded_at = started
 
     def refresh_soon(self) -> None:

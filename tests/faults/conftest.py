@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from app.settings import MiB, Settings
-from tests.conftest import s3_settings
+from tests.conftest import proxied_settings
 from tests.support.fault_proxy import FaultProxy
 from tests.support.seaweed import S3Server
 from tests.support.tools import free_port
@@ -39,10 +39,9 @@ def faults(proxy: FaultProxy) -> Iterator[FaultProxy]:
     proxy.clear()
 
 
-def proxied_settings(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy, **extra: object) -> Settings:
-    """Settings of a registry that reaches the bucket only through `proxy`."""
-    settings = s3_settings(s3_server, bucket, tmp_path, s3_part_size=PART_SIZE, **extra)
-    return settings.model_copy(update={"s3_endpoint": proxy.endpoint})
+def faulty_settings(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy, **extra: object) -> Settings:
+    """Settings of a registry that reaches the bucket only through `proxy`, with parts small enough to test."""
+    return proxied_settings(s3_server, bucket, tmp_path, proxy, s3_part_size=PART_SIZE, **extra)
 
 
 @contextmanager

@@ -21,7 +21,7 @@ import pytest
 from app.storage import open_storage
 from app.tools.fsck import fsck
 from tests.conftest import s3_settings
-from tests.faults.conftest import proxied_settings
+from tests.faults.conftest import faulty_settings
 from tests.support.fault_proxy import FaultProxy, throttle_writes_per_key
 from tests.support.pushing import OCI_MANIFEST, descriptor, digest, image_manifest, push_blob, push_manifest
 from tests.support.registry_server import running_registry
@@ -143,7 +143,7 @@ def test_pushes_at_once_under_storj_throttling(
     """Storj takes about one write per second per key and answers 429 SlowDown beyond: the service retries."""
     throttle = faults.add(throttle_writes_per_key(0.3, method="PUT"))  # Storj's 1 s, shortened to keep the test short
     tags = [f"t{i}" for i in range(6)]
-    with running_registry(proxied_settings(s3_server, shared_bucket, tmp_path, faults)) as url:
+    with running_registry(faulty_settings(s3_server, shared_bucket, tmp_path, faults)) as url:
         all_at_once([lambda i=i, tag=tag: push(url, "conc/throttled", tag, 400 + i) for i, tag in enumerate(tags)])
         assert get_json(url, "/v2/conc/throttled/tags/list")["tags"] == tags
     assert throttle.hits > 0

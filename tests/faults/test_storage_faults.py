@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.faults.conftest import PART_SIZE, proxied_settings
+from tests.faults.conftest import PART_SIZE, faulty_settings
 from tests.support import fault_proxy
 from tests.support.fault_proxy import FaultProxy
 from tests.support.pushing import OCI_MANIFEST, digest, image_manifest, push_blob, push_manifest
@@ -31,7 +31,7 @@ IMPATIENT = {"s3_max_attempts": 2}  # a fault outlasts the retries quickly
 
 @contextmanager
 def registry_through(proxy: FaultProxy, s3_server: S3Server, bucket: str, tmp_path: Path, **extra: Any):
-    settings = proxied_settings(s3_server, bucket, tmp_path, proxy, **extra)
+    settings = faulty_settings(s3_server, bucket, tmp_path, proxy, **extra)
     with running_registry(settings) as url, httpx.Client(base_url=url, timeout=120) as client:
         yield client
 

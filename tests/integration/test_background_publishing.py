@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
-from tests.conftest import s3_settings
+from tests.conftest import proxied_settings, s3_settings
 from tests.support.fault_proxy import FaultProxy, delay, unavailable
 from tests.support.pushing import OCI_MANIFEST, digest, image_manifest
 from tests.support.registry_server import running_registry
@@ -29,8 +29,9 @@ def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
 
 
 def background(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy | None, **extra: object) -> Settings:
-    settings = s3_settings(s3_server, bucket, tmp_path, publish_in_background=True, **extra)
-    return settings.model_copy(update={"s3_endpoint": proxy.endpoint}) if proxy else settings
+    if proxy is not None:
+        return proxied_settings(s3_server, bucket, tmp_path, proxy, publish_in_background=True, **extra)
+    return s3_settings(s3_server, bucket, tmp_path, publish_in_background=True, **extra)
 
 
 def put_blob(client: httpx.Client, data: bytes) -> httpx.Response:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
-from tests.conftest import s3_settings
+from tests.conftest import proxied_settings
 from tests.support.fault_proxy import FaultProxy, storj_write_limit
 from tests.support.images import Image, make_layer, oci_ref, write_image
 from tests.support.pushing import OCI_MANIFEST, digest, image_manifest
@@ -49,15 +49,14 @@ def storj_limits(proxy: FaultProxy) -> Iterator[None]:
     assert throttle.hits == 0, "a push met Storj's per-key write limit (SlowDown)"
 
 
-def proxied_settings(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy) -> Settings:
+def counted_settings(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy) -> Settings:
     # publishing in the background is the default; the gc watch (one GET a replica every 10 s) is not a push's
-    settings = s3_settings(s3_server, bucket, tmp_path, publish_in_background=True, gc_watch_seconds=300)
-    return settings.model_copy(update={"s3_endpoint": proxy.endpoint})
+    return proxied_settings(s3_server, bucket, tmp_path, proxy, publish_in_background=True, gc_watch_seconds=300)
 
 
 @pytest.fixture
 def registry(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy, storj_limits: None) -> Iterator[str]:
-    with running_registry(proxied_settings(s3_server, bucket, tmp_path, proxy)) as url:
+    with running_registry(counted_settings(s3_server, bucket, tmp_path, proxy)) as url:
         proxy.quiet()  # the start-up work (Registry.warm) is done
         proxy.clear()
         yield url
@@ -86,7 +85,7 @@ def test_retag_of_an_image_already_pushed(
     s3_server: S3Server, bucket: str, registry: str, proxy: FaultProxy, tmp_path: Path, image: Image
 ) -> None:
     skopeo_push(tmp_path / "src", registry, "team/app:1")
-    fresh_settings = proxied_settings(s3_server, bucket, tmp_path, proxy)
+    fresh_settings = counted_settings(s3_server, bucket, tmp_path, proxy)
     with running_registry(fresh_settings) as fresh:  # another replica, or a restart: it remembers nothing
         proxy.quiet()
         proxy.clear()
