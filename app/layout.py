@@ -109,6 +109,8 @@ def staged_upload(upload_id: str) -> str:
     return f"v2/_uploads/{upload_id}"
 
 
+CAPABILITY_PROBE = "v2/_probe/if-match"  # written only by a store that ignores If-Match, and deleted at once
+
 GC_STATE = "v2/_gc/"
 GC_RUN = f"{GC_STATE}run"  # the announcement of a `gc --delete` run
 

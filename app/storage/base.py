@@ -20,9 +20,16 @@ class ObjectInfo:
     content_type: str
     cache_control: str | None = None
     last_modified: float | None = None
+    etag: str | None = None  # names this version of the object: what a conditional overwrite (`if_match`) compares
+    digest: str | None = None  # stored with a tag's object: the digest its manifest was pushed as
 
 
-class ObjectExists(Exception):
+class PreconditionFailed(Exception):
+    """A conditional write found the key other than the caller required: present (`if_absent`), or of another
+    version than `if_match` named (another writer changed it first)."""
+
+
+class ObjectExists(PreconditionFailed):
     """A create-only write (`if_absent=True`) found the key already present."""
 
 
@@ -39,6 +46,11 @@ class KeyBlocked(StorageFault):
 
 
 class Storage(Protocol):
+    # Does `put_bytes(..., if_match=etag)` refuse to replace a version other than `etag`? True for the filesystem
+    # and memory stores; for S3 it depends on the server (SeaweedFS does, Storj does not promise it), so the S3
+    # backend finds out once (`probe_conditional_overwrite`). Callers keep a fallback that is correct without it.
+    conditional_overwrite: bool
+
     def stat(self, key: str) -> ObjectInfo | None:
         """Size and metadata of an object, or None when absent."""
 
@@ -56,8 +68,15 @@ class Storage(Protocol):
         cache_control: str | None = None,
         *,
         if_absent: bool = False,
-    ) -> None:
-        """Write a small object; with `if_absent`, raise ObjectExists instead of replacing."""
+        if_match: str | None = None,
+        digest: str | None = None,
+    ) -> str | None:
+        """Write a small object; returns its new etag when the store tells it.
+
+        With `if_absent`, raise ObjectExists instead of replacing. With `if_match` (and `conditional_overwrite`),
+        replace only the version of that etag, else raise PreconditionFailed. `digest` is stored with the object
+        (`ObjectInfo.digest`): a tag names the digest its manifest was pushed as.
+        """
 
     def put_file(
         self, key: str, path: Path, content_type: str, cache_control: str | None = None, *, if_absent: bool = False

@@ -3,33 +3,62 @@
 The directory has the bucket's exact layout, so it can be uploaded to Storj as it is. Each object's
 Content-Type and Cache-Control live in a JSON sidecar under `.meta/`, written before the object is moved
 into place so that a visible object always has its metadata.
+
+An object and its sidecar are two files, so every write of a key, and every read of a small object with its
+metadata, holds that key's lock (`flock` on one of `LOCK_STRIPES` files under `.meta/.locks/`, so processes
+sharing the directory are serialised too): a reader never pairs one writer's bytes with another's Content-Type,
+and create-only (`if_absent`) and conditional (`if_match`) writes are decided and done in one step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.storage.base import READ_CHUNK, KeyBlocked, ObjectExists, ObjectInfo, StorageFault
+from app.storage.base import (
+    READ_CHUNK,
+    KeyBlocked,
+    ObjectExists,
+    ObjectInfo,
+    PreconditionFailed,
+    StorageFault,
+)
 
 META_DIR = ".meta"
 TMP_DIR = ".tmp"
+LOCKS_DIR = ".locks"  # under META_DIR
+LOCK_STRIPES = 64
 
 
 class FilesystemStorage:
+    conditional_overwrite = True
+
     def __init__(self, root: Path, *, create: bool = True) -> None:
         """Open the store at `root`, creating it unless `create` is false (inspection tools never create one)."""
         self.root = root.resolve()
         if not create and not (self.root / META_DIR).is_dir():
             raise StorageFault(f"no store at {self.root}: nothing was ever pushed there")
         (self.root / TMP_DIR).mkdir(parents=True, exist_ok=True)
-        (self.root / META_DIR).mkdir(parents=True, exist_ok=True)
+        (self.root / META_DIR / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _locked(self, key: str, *, shared: bool = False) -> Iterator[None]:
+        """Hold `key`'s lock (one of LOCK_STRIPES, by a hash of the key) against every process on this directory."""
+        stripe = zlib.crc32(key.encode()) % LOCK_STRIPES
+        fd = os.open(self.root / META_DIR / LOCKS_DIR / f"{stripe:02d}", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -41,11 +70,16 @@ class FilesystemStorage:
         return self.root / META_DIR / (key + ".json")
 
     def stat(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        with self._locked(key, shared=True):
+            return self._stat(key, path)
+
+    def _stat(self, key: str, path: Path) -> ObjectInfo | None:
         try:
-            st = self._path(key).stat()
+            st = path.stat()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        if not os.path.isfile(self._path(key)):
+        if not os.path.isfile(path):
             return None
         meta = self._read_meta(key)
         return ObjectInfo(
@@ -53,6 +87,8 @@ class FilesystemStorage:
             content_type=meta.get("content_type", "application/octet-stream"),
             cache_control=meta.get("cache_control"),
             last_modified=st.st_mtime,
+            etag=_etag(st),
+            digest=meta.get("digest"),
         )
 
     def _read_meta(self, key: str) -> dict[str, str]:
@@ -82,14 +118,16 @@ class FilesystemStorage:
                 yield chunk
 
     def read_small(self, key: str) -> tuple[bytes, ObjectInfo] | None:
-        info = self.stat(key)
-        if info is None:
-            return None
-        try:
-            data = self._path(key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None
-        return data, ObjectInfo(len(data), info.content_type, info.cache_control, info.last_modified)
+        path = self._path(key)
+        with self._locked(key, shared=True):
+            info = self._stat(key, path)
+            if info is None:
+                return None
+            try:
+                data = path.read_bytes()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                return None
+        return data, info
 
     def put_bytes(
         self,
@@ -99,38 +137,52 @@ class FilesystemStorage:
         cache_control: str | None = None,
         *,
         if_absent: bool = False,
-    ) -> None:
+        if_match: str | None = None,
+        digest: str | None = None,
+    ) -> str | None:
         with self._temp_file() as temp:
             temp.write_bytes(data)
-            self._publish(temp, key, content_type, cache_control, if_absent=if_absent)
+            meta = _meta(content_type, cache_control, digest)
+            return self._publish(temp, key, meta, if_absent=if_absent, if_match=if_match)
 
     def put_file(
-        self, key: str, path: Path, content_type: str, cache_control: str | None = None, *, if_absent: bool = False
+        self,
+        key: str,
+        path: Path,
+        content_type: str,
+        cache_control: str | None = None,
+        *,
+        if_absent: bool = False,
+        length: int | None = None,
     ) -> None:
-        """Publish a copy of a staged file, never a hard link to it.
+        """Publish a copy of the first `length` bytes (all when None) of a staged file, never a hard link to it.
 
         The staged file belongs to an upload session, which can outlive the publish (a crash before the session
         is discarded) and be appended to again: a shared inode would change the published object.
         """
         with self._temp_file() as temp:
-            shutil.copyfile(path, temp)
-            self._publish(temp, key, content_type, cache_control, if_absent=if_absent)
+            _copy_prefix(path, temp, length)
+            self._publish(temp, key, _meta(content_type, cache_control), if_absent=if_absent)
 
     def copy(self, source: str, destination: str, *, if_absent: bool = False) -> None:
-        info = self.stat(source)
-        if info is None:
-            raise KeyError(source)
         with self._temp_file() as temp:
-            try:  # published objects are only ever replaced whole, never written in place: they may share an inode
-                os.link(self._path(source), temp)
-            except OSError:
-                shutil.copyfile(self._path(source), temp)
-            self._publish(temp, destination, info.content_type, info.cache_control, if_absent=if_absent)
+            with self._locked(source, shared=True):
+                info = self._stat(source, self._path(source))
+                if info is None:
+                    raise KeyError(source)
+                try:  # published objects are only ever replaced whole, never in place: they may share an inode
+                    os.link(self._path(source), temp)
+                except OSError:
+                    shutil.copyfile(self._path(source), temp)
+            meta = _meta(info.content_type, info.cache_control, info.digest)
+            self._publish(temp, destination, meta, if_absent=if_absent)
 
     def delete(self, key: str) -> None:
-        for path in (self._path(key), self._meta_path(key)):
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                path.unlink()
+        paths = (self._path(key), self._meta_path(key))
+        with self._locked(key):
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                    path.unlink()
 
     def list(self, prefix: str) -> Iterator[str]:
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
@@ -175,20 +227,59 @@ class FilesystemStorage:
             path.unlink(missing_ok=True)
 
     def _publish(
-        self, temp: Path, key: str, content_type: str, cache_control: str | None, *, if_absent: bool = False
-    ) -> None:
+        self, temp: Path, key: str, meta: dict[str, str | None], *, if_absent: bool = False, if_match: str | None = None
+    ) -> str:
+        """Move `temp` into place at `key` with its sidecar, under the key's lock; returns the new etag."""
         target = self._path(key)
-        meta = self._meta_path(key)
+        meta_path = self._meta_path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            meta.parent.mkdir(parents=True, exist_ok=True)
-            if if_absent and target.exists():
-                raise ObjectExists(key)
-            if target.is_dir():
-                raise IsADirectoryError(errno.EISDIR, "a folder of other objects is at this key", str(target))
-            with self._temp_file() as meta_temp:
-                meta_temp.write_text(json.dumps({"content_type": content_type, "cache_control": cache_control}))
-                os.replace(meta_temp, meta)
-            os.replace(temp, target)
+            meta_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._locked(key):
+                self._check_precondition(key, target, if_absent=if_absent, if_match=if_match)
+                if target.is_dir():
+                    raise IsADirectoryError(errno.EISDIR, "a folder of other objects is at this key", str(target))
+                with self._temp_file() as meta_temp:
+                    meta_temp.write_text(json.dumps(meta))
+                    os.replace(meta_temp, meta_path)
+                os.replace(temp, target)
+                return _etag(target.stat())
         except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
             raise KeyBlocked(f"cannot write {key}: it overlaps another object's path ({exc.strerror})") from None
+
+    @staticmethod
+    def _check_precondition(key: str, target: Path, *, if_absent: bool, if_match: str | None) -> None:
+        if not if_absent and if_match is None:
+            return
+        try:
+            current = _etag(target.stat()) if target.is_file() else None
+        except FileNotFoundError:
+            current = None
+        if if_absent and current is not None:
+            raise ObjectExists(key)
+        if if_match is not None and current != if_match:
+            raise PreconditionFailed(key)
+
+
+def _etag(st: os.stat_result) -> str:
+    """A version of a file: every write replaces the file (a new inode) and stamps its time in nanoseconds."""
+    return f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
+
+
+def _meta(content_type: str, cache_control: str | None, digest: str | None = None) -> dict[str, str | None]:
+    meta = {"content_type": content_type, "cache_control": cache_control}
+    return meta | {"digest": digest} if digest else meta
+
+
+def _copy_prefix(source: Path, destination: Path, length: int | None) -> None:
+    """Copy the first `length` bytes of `source` (all of it when None), in the kernel where it can."""
+    if length is None:
+        shutil.copyfile(source, destination)
+        return
+    with open(source, "rb") as reader, open(destination, "wb") as writer:
+        remaining = length
+        while remaining > 0:
+            sent = os.sendfile(writer.fileno(), reader.fileno(), length - remaining, remaining)
+            if sent == 0:
+                raise StorageFault(f"{source} is shorter than the {length} bytes to publish")
+            remaining -= sent

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.utils import ReadFileChunk
 
+from app import layout
 from app.settings import Settings
-from app.storage.base import READ_CHUNK, ObjectExists, ObjectInfo, StorageFault
+from app.storage.base import READ_CHUNK, ObjectExists, ObjectInfo, PreconditionFailed, StorageFault
 
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _PRECONDITION_FAILED = {"412", "PreconditionFailed"}
+DIGEST_METADATA = "digest"  # x-amz-meta-digest: the digest a tag's manifest was pushed as
+PROBE_ETAG = '"storj-registry-probe"'  # no object's etag: a store that honours If-Match refuses the probe
 
 
 def client_config(settings: Settings) -> Config:
@@ -68,6 +72,9 @@ def _create_only(if_absent: bool) -> dict[str, str]:
 
 
 class S3Storage:
+    # Until `probe_conditional_overwrite` says otherwise: the S3 API does not promise If-Match on PutObject.
+    conditional_overwrite = False
+
     def __init__(self, settings: Settings) -> None:
         self.bucket = settings.s3_bucket
         self.prefix = f"{settings.s3_prefix}/" if settings.s3_prefix else ""
@@ -111,6 +118,8 @@ class S3Storage:
             content_type=response.get("ContentType", "application/octet-stream"),
             cache_control=response.get("CacheControl"),
             last_modified=modified.timestamp() if modified else None,
+            etag=response.get("ETag"),
+            digest=(response.get("Metadata") or {}).get(DIGEST_METADATA),
         )
 
     def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
@@ -145,16 +154,34 @@ class S3Storage:
         cache_control: str | None = None,
         *,
         if_absent: bool = False,
-    ) -> None:
+        if_match: str | None = None,
+        digest: str | None = None,
+    ) -> str | None:
         extra = self._metadata(content_type, cache_control) | _create_only(if_absent)
-        self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+        if digest:
+            extra["Metadata"] = {DIGEST_METADATA: digest}
+        if if_match is not None:
+            extra["IfMatch"] = if_match
+        try:
+            response = self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+        except KeyError:  # If-Match on an absent key: AWS answers 404 (SeaweedFS 412)
+            raise PreconditionFailed(key) from None
+        return response.get("ETag")
 
     def put_file(
-        self, key: str, path: Path, content_type: str, cache_control: str | None = None, *, if_absent: bool = False
+        self,
+        key: str,
+        path: Path,
+        content_type: str,
+        cache_control: str | None = None,
+        *,
+        if_absent: bool = False,
+        length: int | None = None,
     ) -> None:
-        """One PutObject below the part size (create-only when asked), the transfer manager's multipart above."""
+        """The first `length` bytes of `path` (all when None): one PutObject below the part size, create-only when
+        asked; the transfer manager's multipart upload above (whole files only: a prefix goes in parts)."""
         extra = self._metadata(content_type, cache_control)
-        size = path.stat().st_size
+        size = path.stat().st_size if length is None else length
         if size < self.part_size:
             with ReadFileChunk.from_filename(str(path), 0, size, enable_callbacks=False) as body:
                 self._call(
@@ -166,10 +193,52 @@ class S3Storage:
                     **extra | _create_only(if_absent),
                 )
             return
+        if length is not None:
+            self._put_prefix_in_parts(key, path, size, content_type, cache_control, if_absent=if_absent)
+            return
         try:
             self.transfer.upload_file(str(path), self.bucket, self._key(key), extra_args=extra)
         except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
             raise StorageFault(f"upload of {key} failed: {exc}") from exc
+
+    def _put_prefix_in_parts(
+        self, key: str, path: Path, size: int, content_type: str, cache_control: str | None, *, if_absent: bool
+    ) -> None:
+        """A multipart upload of exactly `size` bytes of `path`, parts in parallel; aborted if it fails."""
+        upload_id = self.begin_multipart(key, content_type, cache_control)
+        offsets = range(0, size, self.part_size)
+        try:
+            with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+                etags = list(
+                    pool.map(
+                        lambda numbered: self.put_part(
+                            key, upload_id, numbered[0], path, numbered[1], min(self.part_size, size - numbered[1])
+                        ),
+                        enumerate(offsets, start=1),
+                    )
+                )
+            self.complete_multipart(key, upload_id, etags, if_absent=if_absent)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.abort_multipart(key, upload_id)
+            raise
+
+    def probe_conditional_overwrite(self) -> bool:
+        """Does the server refuse a PutObject whose If-Match names no version of the key? Learn it once, at start.
+
+        SeaweedFS and AWS refuse it (412 or 404) and write nothing; a server that ignores the header writes the
+        probe object (deleted again); one that does not implement it answers an error. Only a refusal counts.
+        """
+        key = layout.CAPABILITY_PROBE
+        try:
+            self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=b"", IfMatch=PROBE_ETAG)
+        except (KeyError, PreconditionFailed):
+            self.conditional_overwrite = True
+            return True
+        except StorageFault:
+            return False
+        self.delete(key)
+        return False
 
     def begin_multipart(self, key: str, content_type: str, cache_control: str | None = None) -> str:
         """`ContentType` goes here, not on completion: it is what the gateway stores for multipart objects."""
@@ -279,6 +348,8 @@ class S3Storage:
                 raise KeyError(kwargs.get("Key")) from exc
             if kwargs.get("IfNoneMatch") and _error_code(exc) in _PRECONDITION_FAILED:
                 raise ObjectExists(kwargs.get("Key")) from exc
+            if kwargs.get("IfMatch") and _error_code(exc) in _PRECONDITION_FAILED:
+                raise PreconditionFailed(kwargs.get("Key")) from exc
             raise StorageFault(f"{operation.__name__}: {exc}") from exc
         except BotoCoreError as exc:
             raise StorageFault(f"{operation.__name__}: {exc}") from exc

@@ -30,7 +30,8 @@ Action = Literal["status", "drop", "drop_mid_body", "delay", "throttle"]
 
 @dataclass
 class Fault:
-    """What to do to the requests that match `method`, `path` (decoded) and `query` (regexes searched in each).
+    """What to do to the requests that match `method`, `path` (decoded) and `query` (regexes searched in each),
+    and carry the `header` named (any value), when one is.
 
     The first `skip` matching requests pass; after them, `times` requests (every one when None) get the fault.
     """
@@ -39,6 +40,7 @@ class Fault:
     method: str | None = None
     path: str | None = None
     query: str | None = None
+    header: str | None = None
     status: int = 503
     code: str = "ServiceUnavailable"
     seconds: float = 0.0
@@ -48,9 +50,10 @@ class Fault:
     hits: int = 0
     _last_write: dict[str, float] = field(default_factory=dict, repr=False)
 
-    def matches(self, method: str, path: str, query: str) -> bool:
+    def matches(self, method: str, path: str, query: str, headers: frozenset[str] = frozenset()) -> bool:
         return (
-            (self.method is None or self.method == method)
+            (self.header is None or self.header.lower() in headers)
+            and (self.method is None or self.method == method)
             and (self.path is None or re.search(self.path, path) is not None)
             and (self.query is None or re.search(self.query, query) is not None)
         )
@@ -103,6 +106,17 @@ def storj_write_limit() -> Fault:
     """Storj's limit on object writes: one a second to a key (PUT and CopyObject; parts of a multipart upload are
     not object writes)."""
     return throttle_writes_per_key(1.0, method="PUT", query=r"^(?!.*partNumber=)")
+
+
+def no_conditional_overwrite() -> Fault:
+    """Storj does not promise `If-Match` on writes (storj/storj#7377): this store refuses it as not implemented,
+    so the service must do without it (`If-None-Match: *`, create-only, stays)."""
+    return Fault("status", status=501, code="NotImplemented", method="PUT", header="If-Match")
+
+
+def storj_rules() -> list[Fault]:
+    """What the Storj gateway does that SeaweedFS does not: its per-key write limit, and no `If-Match`."""
+    return [no_conditional_overwrite(), storj_write_limit()]
 
 
 @dataclass(frozen=True)
@@ -201,11 +215,13 @@ class FaultProxy:
             time.sleep(seconds)
         raise TimeoutError("the proxy never went quiet")
 
-    def decide(self, method: str, path: str, query: str, copy: bool = False) -> Fault | None:
+    def decide(
+        self, method: str, path: str, query: str, copy: bool = False, headers: frozenset[str] = frozenset()
+    ) -> Fault | None:
         with self.lock:
             chosen = None
             for fault in self.faults:
-                if fault.matches(method, path, query) and fault.strikes(path):
+                if fault.matches(method, path, query, headers) and fault.strikes(path):
                     chosen = fault
                     fault.hits += 1
                     break
@@ -245,7 +261,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         parts = urlsplit(self.path)
         copy = "x-amz-copy-source" in self.headers
-        fault = self.proxy.decide(self.command, unquote(parts.path), parts.query, copy)
+        headers = frozenset(name.lower() for name in self.headers)
+        fault = self.proxy.decide(self.command, unquote(parts.path), parts.query, copy, headers)
         length = int(self.headers.get("Content-Length") or 0)
         if self.proxy.latency:
             time.sleep(self.proxy.latency)
