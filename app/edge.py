@@ -21,7 +21,7 @@ from fastapi import Depends, FastAPI
 from app.api import auth as auth_api
 from app.auth import Gate, UploadLimiter, guard
 from app.connections import head_deadline_protocol
-from app.registry.limits import BodyRefused, StagingLimits
+from app.registry.limits import BodyRefused
 from app.settings import LOOPBACK_HOSTS, Settings, SettingsError
 
 Scope = MutableMapping[str, Any]
@@ -48,9 +48,6 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(auth_api.router)
     app.state.gate = Gate(settings)
     app.state.upload_limiter = UploadLimiter(settings.max_uploads_per_client)
-    app.state.staging_limits = StagingLimits(
-        settings.staging_dir, settings.max_blob_bytes, settings.staging_min_free_bytes
-    )
     app.add_middleware(
         RequestLimits,
         max_header_bytes=settings.max_header_bytes,

@@ -55,7 +55,7 @@ def referrer_entries(name: str, subject_digest: str) -> str:
 
 
 def referrer_entry(name: str, subject_digest: str, referrer_digest: str) -> str:
-    """One referrer of a subject: its descriptor, written once (see app/registry/indexes.py)."""
+    """One referrer of a subject: its descriptor, written once (see app/registry/documents.py)."""
     return referrer_entries(name, subject_digest) + referrer_digest
 
 
@@ -63,7 +63,7 @@ CATALOG_ENTRIES = "v2/_catalog.d/"
 
 
 def catalog_entry(name: str) -> str:
-    """One repository's entry, from which `v2/_catalog` is rebuilt (see app/registry/indexes.py).
+    """One repository's entry, from which `v2/_catalog` is rebuilt (see app/registry/documents.py).
 
     `_catalog.d` cannot be a repository name; the final `/_entry` keeps nested names (`a` and `a/b`) from being
     a file and a directory at once in the filesystem store.

@@ -37,7 +37,7 @@ async def metrics() -> Response:
 @router.get("/v2/_catalog")
 async def catalog(registry: RegistryDep, n: str | None = None, last: str | None = None) -> Response:
     size = parse_page_size(n)
-    page, more = paginate(await registry.indexes.catalog(), size, last)
+    page, more = paginate(await registry.documents.catalog(), size, last)
     headers = {"Link": next_link("/v2/_catalog", size, page)} if more else {}
     return JSONResponse({"repositories": page}, headers=headers)
 

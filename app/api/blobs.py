@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from app import layout
-from app.api import notify
-from app.api.deps import RegistryDep
+from app.api.deps import RegistryDep, event_origin
 from app.api.ranges import parse_range
 from app.auth import allowed
 from app.auth.access import PULL, PUSH
 from app.errors import Unsupported
+from app.registry.blobs import SharingPolicy
 from app.registry.references import check_digest, check_name
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(event_origin)])
 
 
-class ShareSources:
+class ShareSources(SharingPolicy):
     """Which repositories the caller may share blobs from on a HEAD miss, and the one a share came from.
 
     Copying a blob into the caller's repository hands them its bytes and writes to the bucket, so the caller
-    needs pull on the source (as for `?mount=&from=`) and push on its own repository. Without auth, all is open.
-    The registry asks just before it copies, so when the blob is then found, `approved` is where it came from.
+    needs push on its own repository (asked before anything is looked up: a caller without it learns nothing of
+    other repositories, not even through the store's request counts) and pull on the source (as for
+    `?mount=&from=`). Without auth, all is open. The registry asks just before it copies, so when the blob is then
+    found, `approved` is where it came from.
     """
 
     def __init__(self, request: Request, name: str) -> None:
@@ -30,8 +32,11 @@ class ShareSources:
         self.name = name
         self.approved = ""
 
-    async def __call__(self, source: str) -> bool:
-        if allowed(self.request, self.name, PUSH) and allowed(self.request, source, PULL):
+    async def may_push(self) -> bool:
+        return allowed(self.request, self.name, PUSH)
+
+    async def may_pull(self, source: str) -> bool:
+        if allowed(self.request, source, PULL):
             self.approved = source
             return True
         return False
@@ -43,8 +48,6 @@ async def get_blob(name: str, digest: str, request: Request, registry: RegistryD
     check_digest(digest)
     share = ShareSources(request, name) if request.method == "HEAD" and registry.settings.share_blobs else None
     info = await registry.blobs.require(name, digest, share)
-    if share is not None and share.approved:
-        notify.blob_mounted(request, name, digest, share.approved, info.size)
     headers = {
         "Docker-Content-Digest": digest,
         "Content-Type": layout.OCTET_STREAM,
@@ -75,5 +78,4 @@ async def delete_blob(name: str, digest: str, request: Request, registry: Regist
     if not registry.settings.delete_enabled:
         raise Unsupported("deletes are disabled on this registry")
     await registry.blobs.delete(name, digest)
-    notify.blob_deleted(request, name, digest)
     return Response(status_code=202)

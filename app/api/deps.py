@@ -8,7 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.errors import PaginationInvalid
+from app.events import Origin
+from app.observability import request_id_var
 from app.registry import Registry
+from app.registry.events import ORIGIN
 
 
 def get_registry(request: Request) -> Registry:
@@ -16,6 +19,26 @@ def get_registry(request: Request) -> Registry:
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+MAX_USER_AGENT = 256
+
+
+async def event_origin(request: Request) -> None:
+    """Route dependency: the events the registry emits while serving this request name who made it and from
+    where (app/registry/events.py). Runs after the gate, which authenticated the caller."""
+    principal = getattr(request.state, "principal", None)
+    client = request.client
+    ORIGIN.set(
+        Origin(
+            actor=(principal.user or "") if principal is not None else "",
+            request_id=request_id_var.get(),
+            addr=f"{client.host}:{client.port}" if client else "",
+            host=request.headers.get("host", ""),
+            method=request.method,
+            useragent=request.headers.get("user-agent", "")[:MAX_USER_AGENT],
+        )
+    )
+
 
 MAX_PAGE = 10_000
 MAX_PAGE_PARAMETER = 1_000_000

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from email.utils import formatdate
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from app import layout
-from app.api import notify
-from app.api.deps import RegistryDep
+from app.api.deps import RegistryDep, event_origin
 from app.errors import ManifestUnknown, RegistryError, TagInvalid, Unsupported
 from app.registry.references import check_digest, check_name, check_reference, check_tag
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(event_origin)])
 
 
 class ManifestTooLarge(RegistryError):
@@ -73,8 +72,6 @@ async def put_manifest(name: str, reference: str, request: Request, registry: Re
         tags=tags,
         named=check_digest(named) if named is not None else None,
     )
-    for pushed in result.tags or (reference,):  # one event per tag stored, or the push by digest
-        notify.manifest_pushed(request, name, pushed, result.digest, body)
     headers = {"Location": f"/{layout.manifest(name, result.digest)}", "Docker-Content-Digest": result.digest}
     if result.subject:
         headers["OCI-Subject"] = result.subject
@@ -91,5 +88,4 @@ async def delete_manifest(name: str, reference: str, request: Request, registry:
     if not registry.settings.delete_enabled:
         raise Unsupported("deletes are disabled on this registry")
     await registry.manifests.delete(name, reference)
-    notify.manifest_deleted(request, name, reference)
     return Response(status_code=202)

@@ -17,7 +17,7 @@ router = APIRouter()
 async def list_tags(name: str, registry: RegistryDep, n: str | None = None, last: str | None = None) -> Response:
     check_name(name)
     size = parse_page_size(n)
-    tags = await registry.indexes.tags(name)
+    tags = await registry.documents.tags(name)
     if tags is None:
         raise NameUnknown("repository name not known to registry", detail={"name": name})
     page, more = paginate(tags, size, last)
@@ -29,7 +29,7 @@ async def list_tags(name: str, registry: RegistryDep, n: str | None = None, last
 async def list_referrers(name: str, digest: str, registry: RegistryDep, artifactType: str | None = None) -> Response:
     check_name(name)
     check_digest(digest)
-    index = await registry.indexes.referrers(name, digest)
+    index = await registry.documents.referrers(name, digest)
     headers = {}
     if artifactType:
         index["manifests"] = [m for m in index["manifests"] if m.get("artifactType") == artifactType]

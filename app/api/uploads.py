@@ -5,20 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 
 from app import layout
-from app.api import notify
-from app.api.deps import RegistryDep, decimal
+from app.api.deps import RegistryDep, decimal, event_origin
 from app.api.ranges import parse_content_range
 from app.auth import allowed
 from app.auth.access import PULL
 from app.auth.gate import client_address
 from app.errors import DigestInvalid
 from app.lifecycle import accepting_uploads
-from app.registry import Registry
-from app.registry.limits import BodyRefused, StagingLimits
-from app.registry.references import DIGEST_RE, algorithm_of, check_digest, check_name, is_name
-from app.registry.uploads import Upload
+from app.registry.references import DIGEST_RE, check_digest, check_name, is_name
+from app.registry.uploads import Body, Upload
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(event_origin)])
 
 
 def upload_location(upload: Upload) -> str:
@@ -38,26 +35,16 @@ def blob_created(name: str, digest: str) -> Response:
     return Response(status_code=201, headers=headers)
 
 
-def chunk_bounds(request: Request) -> tuple[int | None, int | None]:
-    """Start and length of the body from Content-Range / Content-Length (None when the client sent neither)."""
+def incoming(request: Request) -> Body:
+    """The request's body with what the client declared of it: Content-Range start, Content-Length."""
     content_range = request.headers.get("content-range")
     length = decimal(request.headers.get("content-length"))
+    start = None
     if content_range:
         start, end = parse_content_range(content_range)
-        return start, end - start + 1
-    return None, length
-
-
-async def receive(registry: Registry, upload: Upload, request: Request) -> int:
-    start, length = chunk_bounds(request)
-    limits: StagingLimits = request.app.state.staging_limits
-    async with registry.uploads.lock(upload):
-        try:
-            body = limits.watch(request.stream(), registry.uploads.size(upload), length)
-            return await registry.uploads.append(upload, body, start, length)
-        except BodyRefused:  # too large, disk full or stalled: the session cannot finish, free its disk
-            await registry.uploads.discard(upload)
-            raise
+        length = end - start + 1
+    present = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    return Body(request.stream(), start, length, present)
 
 
 @router.post("/v2/{name:path}/blobs/uploads/", dependencies=[Depends(accepting_uploads)])
@@ -69,21 +56,18 @@ async def start_upload(name: str, request: Request, registry: RegistryDep) -> Re
     mountable = mount and source and DIGEST_RE.fullmatch(mount) and is_name(source) and source != name
     mountable = mountable and allowed(request, source, PULL)  # else a normal session: never leak the blob
     if mountable and await registry.blobs.mount(name, mount, source):
-        notify.blob_mounted(request, name, mount, source)
         return blob_created(name, mount)
     digest = params.get("digest")
     if digest is not None:
         check_digest(digest)
-    request.app.state.staging_limits.check_free()
+    registry.uploads.check_free()
     upload = await registry.client_sessions.open(name, client_address(request))
     if digest is not None:
         try:
-            await receive(registry, upload, request)
-            size = await registry.blobs.commit(upload, digest)
+            await registry.blobs.finish_upload(name, upload.id, digest, incoming(request))
         except Exception:  # the client never learnt this session's id, so nobody could resume it
             await registry.uploads.discard(upload)
             raise
-        notify.blob_pushed(request, name, digest, size)
         return blob_created(name, digest)
     return Response(status_code=202, headers=progress_headers(upload, 0))
 
@@ -92,35 +76,20 @@ async def start_upload(name: str, request: Request, registry: RegistryDep) -> Re
 async def upload_chunk(name: str, upload_id: str, request: Request, registry: RegistryDep) -> Response:
     check_name(name)
     upload = registry.uploads.get(name, upload_id)
-    size = await receive(registry, upload, request)
+    size = await registry.uploads.receive(upload, incoming(request))
     return Response(status_code=202, headers=progress_headers(upload, size))
 
 
 @router.put("/v2/{name:path}/blobs/uploads/{upload_id}")
 async def finish_upload(name: str, upload_id: str, request: Request, registry: RegistryDep) -> Response:
     check_name(name)
+    registry.uploads.find(name, upload_id)
     digest = request.query_params.get("digest")
-    if digest and registry.uploads.verified_digest(name, upload_id) == digest:
-        return blob_created(name, digest)  # the retry of a final PUT already answered 201 (its answer was lost)
-    upload = registry.uploads.get(name, upload_id)
     if not digest:
         raise DigestInvalid("digest query parameter is required to finish an upload")
     check_digest(digest)
-    if not await resends_staged_body(registry, upload, request, digest):
-        await receive(registry, upload, request)
-    size = await registry.blobs.commit(upload, digest)
-    notify.blob_pushed(request, name, digest, size)
+    await registry.blobs.finish_upload(name, upload_id, digest, incoming(request))
     return blob_created(name, digest)
-
-
-async def resends_staged_body(registry: Registry, upload: Upload, request: Request, digest: str) -> bool:
-    """Is this final PUT the retry of one whose body was staged but whose commit failed (store down, crash)?
-
-    Then the staged bytes already match the digest and the body is the same bytes again: appending them would
-    fail the digest check and lose the upload. Any other body appended to matching bytes could never match.
-    """
-    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
-    return has_body and await registry.uploads.staged_digest(upload, algorithm_of(digest)) == digest
 
 
 @router.get("/v2/{name:path}/blobs/uploads/{upload_id}")

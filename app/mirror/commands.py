@@ -12,6 +12,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from app.events import Origin
 from app.mirror.copier import Copier, Platform
 from app.mirror.jobs import Outcome, UsageError, open_source, parse_destination, run_job, summarise
 from app.mirror.progress import reporter
@@ -19,10 +20,13 @@ from app.mirror.remote import RemoteOptions
 from app.mirror.source import SourceError
 from app.mirror.sync import load_config, run_sync
 from app.registry import build_registry
+from app.registry.events import ORIGIN
 from app.settings import load_settings
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+COPY_ACTOR = "storj-registry copy"  # who events name as having made the change
+SYNC_ACTOR = "storj-registry sync"
 
 
 def copy_command(args: argparse.Namespace) -> int:
@@ -40,14 +44,14 @@ def copy_command(args: argparse.Namespace) -> int:
 
     async def copy() -> Outcome:
         events = reporter(args.json)
-        registry = build_registry(settings)
-        copier = Copier(registry, events, platform=platform, with_referrers=not args.no_referrers)
+        ORIGIN.set(Origin(actor=COPY_ACTOR))
         try:
-            await registry.page.ensure()  # a bucket filled by copying shows the catalog page, as after a service start
-            await registry.warm()  # the location records: blobs in other repositories are copied, not sent
-            return await run_job(copier, source, args.source, None, name, tag)
+            async with build_registry(settings).running() as registry:  # gc runs, events: as a push through serve
+                copier = Copier(registry, events, platform=platform, with_referrers=not args.no_referrers)
+                await registry.page.ensure()  # a bucket filled by copying shows the catalog page, as serve does
+                await registry.warm()  # the location records: blobs in other repositories are copied, not sent
+                return await run_job(copier, source, args.source, None, name, tag)
         finally:
-            await registry.settle()  # writes still behind (a copy cut short): verified blobs, location records
             events.close()
             await source.aclose()
 
@@ -65,13 +69,13 @@ def sync_command(args: argparse.Namespace) -> int:
 
     async def sync() -> list[Outcome]:
         events = reporter(args.json)
-        registry = build_registry(settings)
+        ORIGIN.set(Origin(actor=SYNC_ACTOR))
         try:
-            await registry.page.ensure()
-            await registry.warm()
-            return await run_sync(registry, config, events)
+            async with build_registry(settings).running() as registry:  # gc runs, events: as a push through serve
+                await registry.page.ensure()
+                await registry.warm()
+                return await run_sync(registry, config, events)
         finally:
-            await registry.settle()  # writes still behind (a sync cut short): verified blobs, location records
             events.close()
 
     outcomes = asyncio.run(sync())

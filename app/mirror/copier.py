@@ -26,7 +26,9 @@ from app import layout
 from app.errors import DigestInvalid
 from app.mirror.source import Fetched, Source, SourceError
 from app.registry import Registry
+from app.registry.blobs import SharingPolicy
 from app.registry.formats import INDEXES, Descriptor, Manifest, parse_manifest
+from app.registry.uploads import Body
 
 BLOB_CONCURRENCY = 4
 BLOB_ATTEMPTS = 3  # a stream cut in the middle is fetched again from the start
@@ -154,15 +156,15 @@ class Copier:
             subject = manifest.subject.digest
             if await run(storage.stat, layout.referrer_entry(name, subject, fetched.digest)) is None:
                 return False
-            listed = (await self.registry.indexes.referrers(name, subject)).get("manifests") or []
+            listed = (await self.registry.documents.referrers(name, subject)).get("manifests") or []
             if fetched.digest not in {entry.get("digest") for entry in listed}:
                 return False
         if tag is None:
             return True
         found = await run(storage.read_small, layout.manifest(name, tag))
-        if found is None or found[0] != fetched.body or tag not in (await self.registry.indexes.tags(name) or []):
+        if found is None or found[0] != fetched.body or tag not in (await self.registry.documents.tags(name) or []):
             return False
-        if name not in self._cataloged and name in await self.registry.indexes.catalog():
+        if name not in self._cataloged and name in await self.registry.documents.catalog():
             self._cataloged.add(name)
         return name in self._cataloged
 
@@ -172,7 +174,7 @@ class Copier:
             if await blobs.size(name, blob.digest) is not None:
                 self.tally.blobs_present += 1
                 self.events.blob_finished(blob.digest, "present")
-            elif await blobs.share(name, blob.digest, _anywhere) is not None:
+            elif await blobs.share(name, blob.digest, ANYWHERE) is not None:
                 self.tally.blobs_mounted += 1
                 self.events.blob_finished(blob.digest, "mounted")
             else:
@@ -198,7 +200,7 @@ class Copier:
         upload = uploads.create(name)
         try:
             async with source.blob(blob.digest) as chunks:
-                size = await uploads.append(upload, self._bounded(blob, chunks))
+                size = await uploads.receive(upload, Body(self._bounded(blob, chunks)))
             if size != blob.size:
                 raise SourceError(f"blob {blob.digest} has {size} bytes, its descriptor says {blob.size}")
             await self.registry.blobs.commit(upload, blob.digest)
@@ -220,9 +222,7 @@ class Copier:
             yield chunk
 
 
-async def _anywhere(_source: str) -> bool:
-    """The copier writes with the bucket's own credentials: any repository may lend a blob."""
-    return True
+ANYWHERE = SharingPolicy()  # the copier writes with the bucket's own credentials: any repository may lend a blob
 
 
 def _platform_fields(entry: dict[str, Any]) -> dict[str, Any]:

@@ -1,20 +1,36 @@
-"""Registry logic that knows nothing of HTTP: upload sessions, blobs, manifests, and the derived indexes."""
+"""Registry logic that knows nothing of HTTP: upload sessions, blobs, manifests, derived documents, beliefs.
+
+`build_registry` creates every long-lived part once; `Registry.running()` is its lifetime, the one way every way in
+(`serve`, `copy`, `sync`, tests) runs it: the gc announcement read before the first write, what the store can do
+learnt, verified uploads left on the staging disk published, and while it runs the gc watch, the purge of
+abandoned uploads and event delivery; at the end, writes still behind an answer are finished.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
+from anyio.to_thread import run_sync as run
+
+from app.events import Notifier
+from app.registry.beliefs import Beliefs
 from app.registry.blobs import Blobs
 from app.registry.catalog_page import CatalogPage
 from app.registry.client_sessions import ClientSessions
+from app.registry.documents import Documents
+from app.registry.events import RegistryEvents
 from app.registry.gc_runs import GcRuns
-from app.registry.indexes import Indexes
-from app.registry.known import Known
+from app.registry.immutable import ImmutableTags
+from app.registry.limits import StagingLimits
+from app.registry.location_records import LocationRecords
 from app.registry.manifests import Manifests
 from app.registry.parts import PartSender
 from app.registry.policy import PolicyFile, open_policy
-from app.registry.sharing import LocationRecords
+from app.registry.purging import in_background, purge_forever
 from app.registry.uploads import Uploads
 from app.settings import Settings
 from app.storage import Storage, StorageFault, open_storage
@@ -28,8 +44,8 @@ class Registry:
     settings: Settings
     storage: Storage
     uploads: Uploads
-    indexes: Indexes
-    known: Known
+    beliefs: Beliefs
+    documents: Documents
     records: LocationRecords
     blobs: Blobs
     manifests: Manifests
@@ -37,13 +53,49 @@ class Registry:
     page: CatalogPage
     policy: PolicyFile
     gc_runs: GcRuns
+    notifier: Notifier
+    _warming: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Registry]:
+        """The registry's lifetime (see the module's docstring)."""
+        await self._before_first_write()
+        async with (
+            in_background(self.warm()),
+            in_background(self.gc_runs.watch()),
+            in_background(purge_forever(self.uploads, self.settings.upload_max_age_seconds)),
+        ):
+            self.notifier.start()
+            self.blobs.publishing.resume()
+            try:
+                yield self
+            finally:
+                await self.settle()
+                await self.notifier.stop()
+
+    async def _before_first_write(self) -> None:
+        """Whether a gc run is on (a process must not rely on anything it did not check during one), and whether
+        the store refuses a stale conditional write (app/registry/documents.py)."""
+        try:
+            await self.gc_runs.refresh()
+            probe = getattr(self.storage, "probe_conditional_overwrite", None)
+            if probe is not None:
+                await run(probe)
+        except StorageFault as exc:  # the store may come back; until the watch reads it, nothing is trusted
+            log.warning("could not read the gc announcement at start: %s", exc)
+            self.gc_runs.assume_running()
 
     async def warm(self) -> None:
         """At start, off any push's path, read what pushes will ask: whether `v2/index.html` is there, the
-        catalog, the blob location records."""
+        catalog, the blob location records. Once per process: later callers wait for the first."""
+        if self._warming is None:
+            self._warming = asyncio.ensure_future(self._warm())
+        await asyncio.shield(self._warming)
+
+    async def _warm(self) -> None:
         try:
-            await self.indexes.check_index_html()
-            await self.indexes.load_catalog()
+            await self.documents.check_index_html()
+            await self.documents.load_catalog()
         except StorageFault as exc:  # the store may come back; pushes then read what they need
             log.warning("could not read the catalog at start: %s", exc)
         if self.settings.share_blobs:
@@ -58,41 +110,56 @@ class Registry:
 def open_uploads(settings: Settings, storage: Storage | None, *, create: bool = True) -> Uploads:
     """The staging directory's sessions, with S3 multipart uploads overlapped when the store supports them."""
     sender = PartSender(storage) if isinstance(storage, MultipartStorage) else None
-    return Uploads(settings.staging_dir, sender, create=create)
+    limits = StagingLimits(settings.staging_dir, settings.max_blob_bytes, settings.staging_min_free_bytes)
+    return Uploads(settings.staging_dir, sender, create=create, limits=limits)
 
 
 def build_registry(settings: Settings, storage: Storage | None = None) -> Registry:
-    """Create every long-lived part once, at start-up."""
+    """Create every long-lived part once, at start-up (nothing is read or written until `running`)."""
     storage = storage or open_storage(settings)
     uploads = open_uploads(settings, storage)
-    indexes = Indexes(storage)
     gc_runs = GcRuns(storage, settings.gc_watch_seconds)
-    known = Known(storage, deletes_enabled=settings.delete_enabled, trusted_since=gc_runs.trusted_since)
-    records = LocationRecords(storage, settings.share_min_bytes)
-    blobs = Blobs(
-        storage, uploads, indexes, known, records, in_background=settings.publish_in_background, gc_runs=gc_runs
-    )
+    beliefs = Beliefs(storage, uploads.staging, deletes_enabled=settings.delete_enabled, horizon=gc_runs.horizon)
+    documents = Documents(storage, beliefs)
+    records = LocationRecords(storage, beliefs, settings.share_min_bytes)
     policy = open_policy(settings.policy)
+    immutable = ImmutableTags(storage, policy)
+    notifier = Notifier(settings)
+    events = RegistryEvents(notifier, settings.service_url)
+    blobs = Blobs(
+        storage,
+        uploads,
+        documents,
+        beliefs,
+        records,
+        gc_runs,
+        events,
+        immutable,
+        in_background=settings.publish_in_background,
+    )
+    manifests = Manifests(
+        storage,
+        documents,
+        beliefs,
+        blobs.publishing,
+        immutable,
+        gc_runs,
+        events,
+        settings.max_manifest_descriptors,
+        sparse=settings.sparse_manifests,
+    )
     return Registry(
         settings=settings,
         storage=storage,
         uploads=uploads,
-        indexes=indexes,
-        known=known,
+        beliefs=beliefs,
+        documents=documents,
         records=records,
         blobs=blobs,
-        manifests=Manifests(
-            storage,
-            indexes,
-            known,
-            blobs.publishing,
-            settings.max_manifest_descriptors,
-            sparse=settings.sparse_manifests,
-            policy=policy,
-            gc_runs=gc_runs,
-        ),
+        manifests=manifests,
         client_sessions=ClientSessions(uploads, settings.max_sessions_per_client),
         page=CatalogPage(storage),
         policy=policy,
         gc_runs=gc_runs,
+        notifier=notifier,
     )

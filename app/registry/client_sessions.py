@@ -75,7 +75,7 @@ class ClientSessions:
 
     def _idlest(self, sessions: dict[str, Upload], count: int, keep: str) -> list[Upload]:
         """Up to `count` sessions without a request in progress, least recently touched first."""
-        idle = [s for s in sessions.values() if s.id != keep and not self.uploads.lock(s).locked()]
+        idle = [s for s in sessions.values() if s.id != keep and not self.uploads.busy(s)]
         return sorted(idle, key=_touched)[:count]
 
 

@@ -23,7 +23,6 @@ watch is one GET every R seconds per replica, off the request path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -32,11 +31,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from anyio.to_thread import run_sync as run
-from fastapi import FastAPI
 
 from app import layout
 from app.errors import StorageUnavailable
-from app.registry.purging import in_background
 from app.storage import Storage, StorageFault
 
 log = logging.getLogger("storj_registry")
@@ -66,26 +63,33 @@ class GcRuns:
         self.storage = storage
         self.watch_seconds = watch_seconds
         self.run: Run | None = None
-        self.ended_at = -math.inf  # when this replica saw the last run gone
+        self.ended_at = -math.inf  # when this replica saw the last run gone (wall clock)
         self.claimed: set[str] = set()  # keys this replica claimed in the current run: safe until it ends
+        self.unsure = False  # the announcement could not be read yet: trust nothing until it is
 
     @property
     def active(self) -> bool:
         """A run is announced: nothing checked before it may be relied on."""
         return self.run is not None
 
-    def trusted_since(self) -> float:
-        """What the service remembers of the bucket counts only if learnt after this (monotonic) time: never while
-        a run is announced, and after one, only what was learnt once its end was seen (it may have deleted
-        anything learnt before)."""
-        return math.inf if self.run is not None else self.ended_at
+    def horizon(self) -> float:
+        """What the service believes about the bucket counts only if learnt after this (wall-clock) time: never
+        while a run is announced, and after one, only what was learnt once its end was seen (it may have deleted
+        anything learnt before). See app/registry/beliefs.py."""
+        return math.inf if self.run is not None or self.unsure else self.ended_at
+
+    def assume_running(self) -> None:
+        """The announcement could not be read: behave as during a run (ask the store) until the watch reads it."""
+        self.unsure = True
 
     async def refresh(self) -> None:
         found = await run(self.storage.read_small, layout.GC_RUN)
+        if self.unsure:
+            self.unsure, self.ended_at = False, time.time()
         announced = parse_run(found[0]) if found else None
         if announced is None:
             if self.run is not None:
-                self.ended_at = time.monotonic()
+                self.ended_at = time.time()
             self.run = None
             return
         run_id, phase = announced
@@ -142,8 +146,3 @@ class GcRuns:
             f"gc run {run_id} is deleting content this request relies on and has not finished; retry later",
             headers={"Retry-After": "60"},
         )
-
-
-def watching_gc_runs(app: FastAPI) -> contextlib.AbstractAsyncContextManager[None]:
-    """Lifespan of the app: the watch runs while the app serves."""
-    return in_background(app.state.registry.gc_runs.watch())

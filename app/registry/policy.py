@@ -63,6 +63,9 @@ class ImmutableRule:
     def matches(self, repository: str, tag: str) -> bool:
         return _any(repository, self.repositories) and _any(tag, self.tags)
 
+    def matches_repository(self, repository: str) -> bool:
+        return _any(repository, self.repositories)
+
     def describe(self) -> str:
         return (
             f"immutable rule {self.number} (repositories {', '.join(self.repositories)}; tags {', '.join(self.tags)})"

@@ -50,6 +50,13 @@ class Publishing:
             return
         log.warning("publishing %s of %s failed (a manifest naming it retries): %s", key[1], key[0], task.exception())
 
+    def resume(self) -> None:
+        """Publish every verified session left on the staging disk (by a process that stopped, or another
+        replica's): their clients have their 201, so they must reach the bucket even if no manifest asks."""
+        for upload, sealed in self.uploads.verified_sessions():
+            if (upload.name, sealed.digest) not in self._writes:
+                self.start(upload, sealed.digest, sealed.size)
+
     def size(self, name: str, digest: str) -> int | None:
         """The size of a verified blob not yet (known to be) in the bucket, or None."""
         pending = self._writes.get((name, digest))

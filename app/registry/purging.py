@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI
 
 from app.registry.uploads import Uploads
 
@@ -42,7 +41,7 @@ async def purge_forever(uploads: Uploads, max_age_seconds: float) -> None:
 
 @contextlib.asynccontextmanager
 async def in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
-    """Run `work` while the block runs (a part of the app's lifespan), cancelled when it ends."""
+    """Run `work` while the block runs (a part of the registry's lifetime), cancelled when it ends."""
     task = asyncio.create_task(work)
     try:
         yield task
@@ -50,9 +49,3 @@ async def in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[asynci
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def purging_abandoned_uploads(app: FastAPI) -> contextlib.AbstractAsyncContextManager[None]:
-    """Lifespan of the app: the purge runs while the app serves."""
-    registry = app.state.registry
-    return in_background(purge_forever(registry.uploads, registry.settings.upload_max_age_seconds))

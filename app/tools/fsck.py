@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any, TextIO
 
 from app import layout
-from app.registry import catalog_page, indexes
+from app.registry import catalog_page, documents
 from app.registry.formats import INDEXES
 from app.storage import KeyBlocked, Storage
 from app.tools.inventory import (
@@ -175,29 +175,15 @@ class Checker:
                 yield Problem("stale-referrer-entry", entry, f"no manifest {digest} with subject {subject}", delete)
             document = [wanted[digest] for digest in sorted(wanted)]
             key = layout.referrers(name, subject)
-            rebuild = partial(self._converge_referrers, name, subject)
-            yield from self.check_document(key, indexes.referrers_document(document), layout.OCI_INDEX, rebuild)
-
-    def _converge_referrers(self, name: str, subject: str) -> None:
-        truth = partial(indexes.list_referrers, self.storage, name, subject)
-        indexes.converge(
-            self.storage, layout.referrers(name, subject), truth, indexes.referrers_document, layout.OCI_INDEX
-        )
+            rebuild = partial(documents.rebuild, self.storage, documents.referrers_kind(self.storage, name, subject))
+            yield from self.check_document(key, documents.referrers_document(document), layout.OCI_INDEX, rebuild)
 
     def check_tags_list(self, repository: Repository) -> Iterator[Problem]:
         if not repository.published:
             return
         name = repository.name
-        truth = partial(indexes.list_tags, self.storage, name)
-        rebuild = partial(
-            indexes.converge,
-            self.storage,
-            layout.tags_list(name),
-            truth,
-            partial(indexes.tags_document, name),
-            layout.JSON,
-        )
-        expected = indexes.tags_document(name, sorted(repository.tags))
+        rebuild = partial(documents.rebuild, self.storage, documents.tags_kind(self.storage, name))
+        expected = documents.tags_document(name, sorted(repository.tags))
         yield from self.check_document(layout.tags_list(name), expected, layout.JSON, rebuild)
 
     # bucket-wide ----------------------------------------------------------------------------------------
@@ -215,10 +201,9 @@ class Checker:
             yield Problem(
                 "stale-catalog-entry", entry, f"repository {name} has no manifests", partial(self.storage.delete, entry)
             )
-        truth = partial(indexes.list_catalog, self.storage)
-        rebuild = partial(indexes.converge, self.storage, layout.CATALOG, truth, indexes.catalog_document, layout.JSON)
+        rebuild = partial(documents.rebuild, self.storage, documents.catalog_kind(self.storage))
         yield from self.check_document(
-            layout.CATALOG, indexes.catalog_document(sorted(published)), layout.JSON, rebuild
+            layout.CATALOG, documents.catalog_document(sorted(published)), layout.JSON, rebuild
         )
 
     def check_root(self) -> Iterator[Problem]:

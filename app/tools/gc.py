@@ -24,7 +24,7 @@ from functools import partial
 from typing import TextIO
 
 from app import layout
-from app.registry import indexes
+from app.registry import documents
 from app.registry.policy import Policy
 from app.registry.references import digest_of
 from app.storage import Storage
@@ -268,10 +268,7 @@ class Collector:
             key = layout.manifest(name, tag)
             self.remove(key, partial(self.storage.delete, key), why[tag])
         if tags:
-            truth = partial(indexes.list_tags, self.storage, name)
-            indexes.converge(
-                self.storage, layout.tags_list(name), truth, partial(indexes.tags_document, name), layout.JSON
-            )
+            documents.rebuild(self.storage, documents.tags_kind(self.storage, name))
 
     def old_enough(self, names: list[str], key_of: Callable[[str], str], min_age: float | None = None) -> list[str]:
         """Count each unreferenced object; report those modified within the grace period (or `min_age`), return
@@ -313,10 +310,7 @@ class Collector:
             return
         subject = item.manifest.subject.digest
         self.storage.delete(layout.referrer_entry(name, subject, item.digest))
-        truth = partial(indexes.list_referrers, self.storage, name, subject)
-        indexes.converge(
-            self.storage, layout.referrers(name, subject), truth, indexes.referrers_document, layout.OCI_INDEX
-        )
+        documents.rebuild(self.storage, documents.referrers_kind(self.storage, name, subject))
 
     def forget_blob_records(self, inventory: Inventory) -> None:
         """A sharing record of a blob that no repository holds any more would only send HEADs to a miss."""

@@ -19,7 +19,7 @@ from app import layout
 from app.errors import ManifestInvalid
 from app.registry.formats import Manifest, parse_manifest
 from app.registry.references import DIGEST_RE, TAG_RE, algorithm_of, digest_of, is_name
-from app.registry.uploads import UPLOAD_ID_RE
+from app.registry.staging import UPLOAD_ID_RE
 from app.storage import ObjectInfo, Storage
 
 PROGRESS_EVERY = 1000

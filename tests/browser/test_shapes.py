@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from app import layout
-from app.registry.indexes import catalog_document, tags_document
+from app.registry.documents import catalog_document, tags_document
 from tests.browser.browser import Browser
 from tests.browser.conftest import APP, Pushed, Registry, Share
 from tests.conftest import s3_settings

@@ -34,7 +34,7 @@ def test_a_crash_between_publish_and_discard_leaves_the_published_blob_unchangea
     service_env: dict[str, str], tmp_path: Path
 ) -> None:
     log = tmp_path / "service.log"
-    env = {**service_env, "CRASH_AT": "call:app.registry.uploads:Uploads.discard"}
+    env = {**service_env, "CRASH_AT": "call:app.registry.staging:Staging.mark_published"}
     with service(env, log, CRASHING) as (process, url), httpx.Client(base_url=url, timeout=30) as client:
         location = client.post(f"/v2/{NAME}/blobs/uploads/").headers["Location"]
         assert client.patch(location, content=DATA).status_code == 202
@@ -88,7 +88,7 @@ def test_a_crash_between_the_tag_and_the_tags_list_is_finished_by_the_retry(
     service_env: dict[str, str], tmp_path: Path
 ) -> None:
     log = tmp_path / "service.log"
-    env = {**service_env, "CRASH_AT": "call:app.registry.indexes:Indexes.refresh_tags"}
+    env = {**service_env, "CRASH_AT": "call:app.registry.documents:Indexes.refresh_tags"}
     with service(env, log, CRASHING) as (_, url), httpx.Client(base_url=url, timeout=30) as client:
         manifest = manifest_of(client)
         crashed(client, "PUT", f"/v2/{NAME}/manifests/v1", content=manifest, headers={"Content-Type": OCI_MANIFEST})

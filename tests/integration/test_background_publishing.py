@@ -96,21 +96,24 @@ def test_a_retried_final_put_gets_the_same_answer(s3_server: S3Server, bucket: s
         assert other.status_code == 404  # the session is done: it takes nothing more
 
 
-def test_another_process_publishes_what_the_first_acknowledged(
+def test_a_replica_sharing_the_staging_disk_waits_for_the_write_in_flight_and_writes_nothing(
     s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
-    """Replicas sharing one staging disk (or a restart after a crash): the manifest's replica does the write."""
-    proxy.add(delay(30, method="PUT", path=f"/blobs/{digest(LAYER)}$"))  # the first replica never gets it done
+    """Replicas sharing one staging disk: the blob one acknowledged is written once, by the replica writing it; the
+    other's manifest waits for that write (the session's lock), instead of writing the same key again."""
+    proxy.add(delay(2, method="PUT", path=f"/blobs/{digest(LAYER)}$"))  # the first replica's write takes a while
     slow = background(s3_server, bucket, tmp_path, proxy)
-    direct = background(s3_server, bucket, tmp_path, None)
-    assert slow.staging_dir == direct.staging_dir
-    with running_registry(slow) as first_url, httpx.Client(base_url=first_url) as first:
-        assert put_blob(first, CONFIG).status_code == 201
-        assert put_blob(first, LAYER).status_code == 201
-        with running_registry(direct) as second_url, httpx.Client(base_url=second_url) as second:
-            head = second.head(f"/v2/{NAME}/blobs/{digest(LAYER)}")
-            assert head.status_code == 200  # acknowledged, so known to every replica on the staging disk
-            assert put_manifest(second).status_code == 201
-            assert s3_server.objects(bucket)[blob_key(LAYER)].size == len(LAYER)
-            assert second.get(f"/v2/{NAME}/blobs/{digest(LAYER)}").content == LAYER
-        proxy.clear()
+    with FaultProxy(s3_server.endpoint) as counted:
+        other = background(s3_server, bucket, tmp_path, counted)
+        assert slow.staging_dir == other.staging_dir
+        with running_registry(slow) as first_url, httpx.Client(base_url=first_url) as first:
+            assert put_blob(first, CONFIG).status_code == 201
+            assert put_blob(first, LAYER).status_code == 201
+            with running_registry(other) as second_url, httpx.Client(base_url=second_url, timeout=30) as second:
+                head = second.head(f"/v2/{NAME}/blobs/{digest(LAYER)}")
+                assert head.status_code == 200  # acknowledged, so known to every replica on the staging disk
+                assert put_manifest(second).status_code == 201
+                assert second.get(f"/v2/{NAME}/blobs/{digest(LAYER)}").content == LAYER
+        assert counted.count("PUT", path=f"/blobs/{digest(LAYER)}$") == 0
+    assert proxy.count("PUT", path=f"/blobs/{digest(LAYER)}$") == 1
+    assert s3_server.objects(bucket)[blob_key(LAYER)].size == len(LAYER)

@@ -21,12 +21,13 @@ import pytest
 from app.events.envelope import Origin, Source, Target
 from app.events.spool import Spool
 from app.main import create_app
+from app.registry.events import RegistryEvents
 from app.settings import Settings, SettingsError, load_settings
 from app.tools.commands import run_gc
 from tests.conftest import filesystem_settings
 from tests.security.conftest import htpasswd_line
 from tests.support.event_receiver import Receiver, running_receiver
-from tests.support.pushing import digest, push_blob, push_image
+from tests.support.pushing import OCI_MANIFEST, digest, push_blob, push_image
 from tests.support.registry_server import running_registry
 
 SECRET = "shared-secret"
@@ -96,9 +97,8 @@ def test_every_change_reaches_the_receiver_signed_in_order_in_distributions_enve
         "size": len(image.manifest),
         "length": len(image.manifest),
         "repository": "team/app",
-        "url": f"{url}/v2/team/app/manifests/{image.digest}",
         "tag": "v1",
-    }
+    }  # no `url`: REGISTRY_SERVICE_URL is not set (test_an_event_names_the_configured_service_url)
     assert manifest["request"]["method"] == "PUT" and manifest["request"]["useragent"] == "events-test/1"
     assert manifest["request"]["addr"].startswith("127.0.0.1:") and manifest["request"]["host"]
     assert manifest["actor"] == {"name": "pusher"}
@@ -110,6 +110,35 @@ def test_every_change_reaches_the_receiver_signed_in_order_in_distributions_enve
     assert events[7]["target"] == {"repository": "team/app", "digest": image.digest}
     assert len({e["id"] for e in events}) == len(events)
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", e["timestamp"]) for e in events)
+
+
+def test_events_never_name_the_pushers_host_header(settings_for: Callable[..., Settings], receiver: Receiver) -> None:
+    """Without REGISTRY_SERVICE_URL an event names no URL: a `Host` header is the pusher's to choose, and a
+    receiver that fetches the target would read the pusher's server."""
+    with running_registry(settings_for(endpoint(receiver, "all"))) as url:
+        with httpx.Client(base_url=url, auth=PUSHER, headers={"Host": "attacker.example"}) as client:
+            push_image(client, "team/app", "v1")
+        events = receiver.wait_for(4)
+    assert all("url" not in event["target"] for event in events)
+    assert all("attacker" not in json.dumps(event["target"]) for event in events)
+
+
+def test_an_event_names_the_configured_service_url() -> None:
+    published: list[tuple[str, Target]] = []
+
+    class Recording:
+        enabled = True
+
+        def publish(self, kind: str, target: Target, origin: Origin) -> None:
+            published.append((kind, target))
+
+    events = RegistryEvents(Recording(), "https://push.example.com/")  # type: ignore[arg-type]
+    events.manifest_pushed("team/app", "v1", "sha256:" + "a" * 64, OCI_MANIFEST, 10)
+    events.blob_pushed("team/app", "sha256:" + "b" * 64, 3)
+    assert [target.url for _, target in published] == [
+        "https://push.example.com/v2/team/app/manifests/sha256:" + "a" * 64,
+        "https://push.example.com/v2/team/app/blobs/sha256:" + "b" * 64,
+    ]
 
 
 def test_endpoints_get_only_the_kinds_and_repositories_they_ask_for(

@@ -37,7 +37,8 @@ OVERLAPPING = [
 
 
 def staged_sessions(settings: Settings) -> list[Path]:
-    return list(settings.staging_dir.iterdir()) if settings.staging_dir.exists() else []
+    """Sessions holding bytes (what a push leaves on the staging disk besides: receipts, markers)."""
+    return list(settings.staging_dir.glob("*/data"))
 
 
 @pytest.mark.parametrize("name", OVERLAPPING)

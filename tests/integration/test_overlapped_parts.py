@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from app.registry import build_registry
+from app.registry.uploads import Body
 from app.settings import Settings
 from tests.conftest import s3_settings
 from tests.support.pushing import digest
@@ -160,7 +161,7 @@ def test_the_purge_aborts_abandoned_parts(settings: Settings, s3_server: S3Serve
         for piece in pieces(DATA):
             yield piece
 
-    asyncio.run(registry.uploads.append(upload, body()))
+    asyncio.run(registry.uploads.receive(upload, Body(body())))
     assert len(multipart_uploads(s3_server, bucket)) == 1
     assert registry.uploads.purge_older_than(-1) == 1
     assert multipart_uploads(s3_server, bucket) == []

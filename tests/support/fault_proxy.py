@@ -191,6 +191,11 @@ class FaultProxy:
             self.faults.clear()
             self.seen.clear()
 
+    def forget_requests(self) -> None:
+        """Forget the requests seen so far, keeping the faults (a store's standing rules)."""
+        with self.lock:
+            self.seen.clear()
+
     def count(self, method: str | None = None, path: str | None = None, query: str | None = None) -> int:
         """How many requests (faulted or passed on) matched."""
         probe = Fault("status", method=method, path=path, query=query)

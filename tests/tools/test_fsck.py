@@ -8,7 +8,7 @@ import pytest
 
 from app import cli, layout
 from app.registry.catalog_page import page_objects
-from app.registry.indexes import tags_document
+from app.registry.documents import tags_document
 from app.settings import Settings
 from app.storage import Storage
 from app.tools.fsck import fsck

@@ -1,0 +1,65 @@
+"""Upload sessions under racing requests: the bytes published under a digest are exactly the bytes verified.
+
+A chunk that arrives while the final PUT verifies waits for the session's lock; once the session is verified it
+takes nothing more, and what goes to the bucket is the verified length, whatever was appended to the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import httpx
+import pytest
+
+from app.registry.staging import Staging
+from app.settings import Settings
+from app.storage import open_storage
+from tests.support.invariants import assert_every_blob_hashes_to_its_key
+from tests.support.pushing import error_code
+from tests.support.registry_server import running_registry
+
+NAME = "sessions/app"
+DATA = random.Random(19).randbytes(300_000)
+
+
+def digest_of(data: bytes, algorithm: str) -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+@pytest.mark.parametrize("in_background", [True, False], ids=["publish-behind", "publish-before-answer"])
+def test_a_chunk_sent_while_the_final_put_verifies_is_refused_and_never_published(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, algorithm: str, in_background: bool
+) -> None:
+    """The regression of "a blob published under a digest holds other bytes": the PUT is held inside its digest
+    check while a PATCH with more bytes arrives; the PATCH must find the session verified."""
+    verifying, release = threading.Event(), threading.Event()
+    real_seal = Staging.seal
+
+    def held_seal(self, upload, sealed):  # type: ignore[no-untyped-def]
+        verifying.set()  # the digest matched; the PUT holds the session while it records that
+        release.wait(10)
+        return real_seal(self, upload, sealed)
+
+    monkeypatch.setattr(Staging, "seal", held_seal)
+    settings = settings.model_copy(update={"publish_in_background": in_background})
+    digest = digest_of(DATA, algorithm)
+    with running_registry(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        location = client.post(f"/v2/{NAME}/blobs/uploads/").headers["Location"]
+        assert client.patch(location, content=DATA).status_code == 202
+        with ThreadPoolExecutor(2) as pool:
+            put = pool.submit(client.put, location, params={"digest": digest})
+            assert verifying.wait(10)
+            patch = pool.submit(client.patch, location, content=b"appended after the seal" * 100)
+            wait([patch], timeout=0.5)  # the PATCH is in, waiting for the session
+            release.set()
+            put_answer, patch_answer = put.result(), patch.result()
+        assert put_answer.status_code == 201, put_answer.text
+        assert patch_answer.status_code == 404, patch_answer.text
+        assert error_code(patch_answer) == "BLOB_UPLOAD_UNKNOWN"
+        blob = client.get(f"/v2/{NAME}/blobs/{digest}")
+        assert blob.status_code == 200 and blob.content == DATA
+    assert assert_every_blob_hashes_to_its_key(open_storage(settings)) == 1
