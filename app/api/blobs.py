@@ -57,6 +57,7 @@ async def get_blob(name: str, digest: str, request: Request, registry: RegistryD
     }
     public_url = registry.settings.public_url
     if public_url and request.method == "GET":
+        await registry.blobs.publishing.settle(name, [digest])  # acknowledged, maybe not in the bucket yet
         return RedirectResponse(f"{public_url}/{layout.blob(name, digest)}", status_code=307, headers=headers)
     if request.method == "HEAD":
         return Response(headers={**headers, "Content-Length": str(info.size)})

@@ -34,11 +34,13 @@ from anyio.to_thread import run_sync as run
 
 from app import layout
 from app.errors import StorageUnavailable
-from app.storage import Storage, StorageFault
+from app.storage import ObjectInfo, Storage, StorageFault
 
 log = logging.getLogger("storj_registry")
 
 PHASE_ANNOUNCED, PHASE_MARKED = "announced", "marked"
+HEARTBEAT_SECONDS = 30.0  # a live run rewrites its announcement this often (app/tools/gc_run.py)
+STALE_SECONDS = 300.0  # an announcement untouched this long belongs to a run that died: nothing to heed
 WAIT_POLL_SECONDS = 0.2
 WAIT_LIMIT_SECONDS = 300.0  # a run deletes what it condemned right away; longer means it died: the push gives up
 
@@ -47,6 +49,13 @@ WAIT_LIMIT_SECONDS = 300.0  # a run deletes what it condemned right away; longer
 class Run:
     id: str
     candidates: frozenset[str] = frozenset()
+
+
+def live_run(found: tuple[bytes, ObjectInfo] | None) -> tuple[str, str] | None:
+    """The (id, phase) of the run announced, unless none is, or its heartbeat stopped (the run died)."""
+    if found is None or time.time() - (found[1].last_modified or 0) > STALE_SECONDS:
+        return None
+    return parse_run(found[0])
 
 
 def parse_run(body: bytes) -> tuple[str, str] | None:
@@ -86,7 +95,7 @@ class GcRuns:
         found = await run(self.storage.read_small, layout.GC_RUN)
         if self.unsure:
             self.unsure, self.ended_at = False, time.time()
-        announced = parse_run(found[0]) if found else None
+        announced = live_run(found)
         if announced is None:
             if self.run is not None:
                 self.ended_at = time.time()
@@ -136,8 +145,7 @@ class GcRuns:
     async def _wait_for_end(self, run_id: str) -> None:
         deadline = time.monotonic() + WAIT_LIMIT_SECONDS
         while time.monotonic() < deadline:
-            found = await run(self.storage.read_small, layout.GC_RUN)
-            announced = parse_run(found[0]) if found else None
+            announced = live_run(await run(self.storage.read_small, layout.GC_RUN))
             if announced is None or announced[0] != run_id:
                 await self.refresh()
                 return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -55,6 +56,7 @@ def run_gc(args: argparse.Namespace) -> int:
     notifier = Notifier(settings)  # before anything is deleted: a wrong events setting stops gc here
     policy = open_policy(settings.policy).policy
     timing = RunTiming(args.settle_seconds, args.mark_seconds)
+    signal.signal(signal.SIGTERM, _stop)  # a CronJob's deadline, `timeout`, `kill`: end the run as Ctrl-C does
     try:
         report = gc(
             existing_store(settings), delete=args.delete, grace_seconds=args.grace_seconds, policy=policy, timing=timing
@@ -65,6 +67,11 @@ def run_gc(args: argparse.Namespace) -> int:
     say_if_empty("gc", settings, report.keys)
     announce(notifier, report.removed)
     return 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM stops gc as Ctrl-C does: the run's `finally` removes its announcement and state."""
+    raise KeyboardInterrupt
 
 
 def announce(notifier: Notifier, removed: list[Removal]) -> None:

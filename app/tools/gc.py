@@ -128,6 +128,8 @@ class Plan:
     tags: dict[str, str]
     manifests: dict[str, StoredManifest]
     blobs: list[str]
+    # What each expiring tag held, and when it was written, when planned: a push since moves it out of the plan.
+    tag_versions: dict[str, tuple[bytes, float | None]] = field(default_factory=dict)
 
     def candidates(self) -> list[str]:
         keys = [layout.manifest(self.name, reference) for reference in (*self.tags, *self.manifests)]
@@ -205,6 +207,7 @@ class Collector:
             return None
         name = repository.name
         expired = self.judge_tags(name, alive.tags)
+        versions = {tag.reference: _version(tag) for tag in alive.tags if tag.reference in expired}
         if expired:
             stored = [item for item in stored if item.by_digest or item.reference not in expired]
             alive = reachable(stored)
@@ -216,7 +219,7 @@ class Collector:
             self.report.garbage -= sum(digest in alive.manifests for digest in old)
         dropped = {digest: alive.by_digest[digest] for digest in old if digest not in alive.manifests}
         blobs = self.old_enough(sorted(repository.blobs - alive.blobs), partial(layout.blob, name))
-        return Plan(name, expired, dropped, blobs)
+        return Plan(name, expired, dropped, blobs, versions)
 
     def judge_tags(self, name: str, tags: list[StoredManifest]) -> dict[str, str]:
         """The tags the repository's retention rule lets go, with the reason; a line for each one kept."""
@@ -242,9 +245,9 @@ class Collector:
         tags = {tag for tag in plan.tags if layout.manifest(name, tag) not in claimed}
         doomed = {digest for digest in plan.manifests if layout.manifest(name, digest) not in claimed}
         now = relist_manifests(self.storage, name)
-        current = [
-            s for s in read_manifests(self.storage, now, self.progress) if s.by_digest or s.reference not in tags
-        ]
+        now_read = list(read_manifests(self.storage, now, self.progress))
+        tags -= self.pushed_again(plan, now_read)
+        current = [s for s in now_read if s.by_digest or s.reference not in tags]
         alive = reachable(current, roots=now.digests - doomed)
         if alive.unreadable:
             self.progress.say(f"{name} left alone, unreadable now: {', '.join(alive.unreadable)}")
@@ -261,6 +264,15 @@ class Collector:
             if self.remove(key, partial(self.storage.delete, key)):
                 self.report.removed.append(Removal(name, digest, layout.OCTET_STREAM))
             self.deleted_blobs.add(digest)
+
+    def pushed_again(self, plan: Plan, now: list[StoredManifest]) -> set[str]:
+        """The expiring tags pushed since the plan (new content, or the same again): retention judged the push it
+        saw, not this one."""
+        versions = plan.tag_versions
+        moved = {s.reference for s in now if s.reference in versions and _version(s) != versions[s.reference]}
+        for tag in sorted(moved):
+            self.say(f"kept-pushed-again {layout.manifest(plan.name, tag)} (pushed since gc planned)")
+        return moved
 
     def delete_tags(self, name: str, tags: list[str], why: dict[str, str]) -> None:
         """Delete tags, then rebuild the tags list at once."""
@@ -317,6 +329,10 @@ class Collector:
         for digest in sorted(self.deleted_blobs & inventory.blob_records):
             if all(self.storage.stat(layout.blob(name, digest)) is None for name in inventory.holders(digest)):
                 self.storage.delete(layout.blob_location(digest))
+
+
+def _version(tag: StoredManifest) -> tuple[bytes, float | None]:
+    return tag.body, tag.info.last_modified
 
 
 def gc(

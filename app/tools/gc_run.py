@@ -1,8 +1,11 @@
 """gc's side of the protocol that keeps it from deleting what a push relies on (app/registry/gc_runs.py).
 
-One run at a time: a run finds another's announcement and stops, unless that one is older than STALE_SECONDS
-(its gc died; the announcement is rewritten at each phase, so a live run's is never that old). Everything the
-run wrote is removed when it ends, however it ends, the announcement last; a claim a replica writes just after
+One run at a time, decided by the store: the announcement is written create-only, so of two runs started
+together exactly one proceeds and the other stops. A live run rewrites its announcement every HEARTBEAT_SECONDS
+(a thread beside the run, whatever it is doing); an announcement untouched for STALE_SECONDS belongs to a run
+that died (killed with SIGKILL, its machine gone). A new run takes such a one over: of several, the one whose
+create-only take-over mark lands deletes it and announces itself. Everything the run wrote is removed when it
+ends, however it ends (SIGTERM and Ctrl-C included), the announcement last; a claim a replica writes just after
 that (before its watch sees the end) is removed by the next run.
 """
 
@@ -11,19 +14,20 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from app import layout
-from app.registry.gc_runs import PHASE_ANNOUNCED, PHASE_MARKED, parse_run
-from app.storage import Storage
+from app.registry.gc_runs import HEARTBEAT_SECONDS, PHASE_ANNOUNCED, PHASE_MARKED, STALE_SECONDS, parse_run
+from app.storage import ObjectExists, Storage
 from app.tools.inventory import Progress
 
 # The service's longest trust in what it checked before (known blobs vouched for from memory) plus its watch.
 DEFAULT_SETTLE_SECONDS = 660.0
 DEFAULT_MARK_SECONDS = 900.0  # longer than a push: from its blob checks to its manifest
-STALE_SECONDS = 6 * 3600.0
+TAKE_OVER = "taken-over"  # under a dead run's state: the create-only mark of the run that takes it over
 
 
 class GcRunning(Exception):
@@ -42,25 +46,59 @@ class GcRun:
         self.timing = timing
         self.progress = progress
         self.id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
+        self.phase = PHASE_ANNOUNCED
 
     def announce(self) -> None:
+        """Announce this run, create-only: another live run's announcement stops it; a dead one's is taken over."""
+        if self._announce_create_only():
+            return
         found = self.storage.read_small(layout.GC_RUN)
-        if found is not None:
-            other = parse_run(found[0])
-            age = time.time() - (found[1].last_modified or 0)
-            if other is not None and age < STALE_SECONDS:
-                raise GcRunning(f"gc run {other[0]} is under way (announced {age:.0f}s ago); one run at a time")
-            self.progress.say(f"taking over from a run that died {age:.0f}s ago")
+        other = parse_run(found[0]) if found else None
+        age = time.time() - (found[1].last_modified or 0) if found else 0.0
+        if found is not None and other is not None and age < STALE_SECONDS:
+            raise GcRunning(f"gc run {other[0]} is under way (its heartbeat {age:.0f}s ago); one run at a time")
+        if other is not None:
+            self._take_over(other[0], age)
+        elif found is not None:  # not a run's announcement at all: nothing to heed
+            self.storage.delete(layout.GC_RUN)
+        if not self._announce_create_only():
+            raise GcRunning("another gc run announced itself just now; one run at a time")
+
+    def _announce_create_only(self) -> bool:
+        try:
+            self.write_phase(PHASE_ANNOUNCED, create=True)
+        except ObjectExists:
+            return False
         self.clear_every_state()
-        self.write_phase(PHASE_ANNOUNCED)
+        return True
+
+    def _take_over(self, dead: str, age: float) -> None:
+        """Of the runs that found `dead` dead, the one whose mark lands removes its announcement."""
+        try:
+            self.storage.put_bytes(layout.gc_state(dead) + TAKE_OVER, self.id.encode(), layout.TEXT, if_absent=True)
+        except ObjectExists:
+            raise GcRunning(f"another gc run is taking over from run {dead}, which died; one run at a time") from None
+        self.progress.say(f"taking over from gc run {dead}, whose heartbeat stopped {age:.0f}s ago")
+        self.storage.delete(layout.GC_RUN)
 
     def settle(self) -> None:
         self.progress.say(f"run {self.id} announced; waiting {self.timing.settle_seconds:.0f}s for every replica")
         time.sleep(self.timing.settle_seconds)
 
-    def write_phase(self, phase: str) -> None:
+    def write_phase(self, phase: str, *, create: bool = False) -> None:
+        """Write (or rewrite, as the heartbeat does) this run's announcement in `phase`."""
+        self.phase = phase
         document = json.dumps({"id": self.id, "phase": phase}).encode()
-        self.storage.put_bytes(layout.GC_RUN, document, layout.JSON, layout.MUTABLE_CACHE)
+        self.storage.put_bytes(layout.GC_RUN, document, layout.JSON, layout.MUTABLE_CACHE, if_absent=create)
+
+    def heartbeat(self, stop: threading.Event) -> None:
+        """Rewrite the announcement every HEARTBEAT_SECONDS until `stop`, unless it is no longer this run's."""
+        while not stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(Exception):  # a missed beat is not fatal: STALE_SECONDS spans several
+                found = self.storage.read_small(layout.GC_RUN)
+                if found is None or (parse_run(found[0]) or ("",))[0] != self.id:
+                    return
+                self.write_phase(self.phase)
 
     def condemn(self, candidates: list[str]) -> set[str]:
         """Mark the candidates, wait, condemn them; the ones a push claimed meanwhile (they stay)."""
@@ -88,10 +126,16 @@ class GcRun:
 
 @contextlib.contextmanager
 def announced_run(storage: Storage, timing: RunTiming, progress: Progress) -> Iterator[GcRun]:
+    """A run from its announcement to its end, its heartbeat beating meanwhile."""
     run = GcRun(storage, timing, progress)
     run.announce()
+    stop = threading.Event()
+    beating = threading.Thread(target=run.heartbeat, args=(stop,), name="gc-heartbeat", daemon=True)
+    beating.start()
     try:
         run.settle()
         yield run
     finally:
+        stop.set()
+        beating.join()
         run.end()
