@@ -15,7 +15,9 @@ The policy file (YAML):
 
 Repository and tag patterns are shell-style, `*` also crossing `/`, as in the access rules (app/auth/access.py).
 The service reads the file when it changes (its size or mtime, looked at before each use) and on SIGHUP; a
-file that no longer parses leaves the last good rules in force and is logged, so a typo cannot unlock tags.
+file that no longer parses leaves the last good rules in force and is logged, so a typo cannot unlock tags. Nor
+can an editor caught mid-write: a file read again that names no immutable rule (empty, half-written, or
+`immutable:` left empty) keeps the immutable rules in force, and says so; they go with a restart of the service.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ import yaml
 from app.errors import Denied
 from app.settings import SettingsError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("storj_registry")
 
 DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
 SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -124,7 +126,9 @@ def parse(document: Any) -> Policy:
 
 
 def _list(document: dict[str, Any], key: str) -> list[Any]:
-    entries = document.get(key) or []
+    entries = document.get(key)
+    if entries is None:
+        return []
     if not isinstance(entries, list):
         raise PolicyError(f"`{key}` must be a list of rules")
     return entries
@@ -201,11 +205,23 @@ class PolicyFile:
             return
         self.seen = self._signature()
         try:
-            self.policy = load(self.path)
+            fresh = load(self.path)
         except PolicyError as exc:
             log.error("policy file not reloaded, the previous rules stay in force: %s", exc)
             return
-        log.info("policy file %s loaded", self.path)
+        if self.policy.immutable and not fresh.immutable:
+            fresh = replace(fresh, immutable=self.policy.immutable)
+            log.warning(
+                "policy file %s now names no immutable rule (empty, half-written, or `immutable:` empty): the %d "
+                "immutable rule(s) in force stay; restart the service to drop them",
+                self.path,
+                len(fresh.immutable),
+            )
+        self.policy = fresh
+        log.info("policy file %s loaded: %d immutable, %d retention rule(s)", self.path, *self._counts())
+
+    def _counts(self) -> tuple[int, int]:
+        return len(self.policy.immutable), len(self.policy.retention)
 
     def _signature(self) -> tuple[int, int] | None:
         assert self.path is not None

@@ -6,15 +6,23 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from app import layout
 from app.settings import Settings
 from app.storage import Storage
+from app.storage.filesystem import FilesystemStorage
+from app.storage.memory import MemoryStorage
 from app.tools.gc import gc
-from app.tools.gc_run import STALE_SECONDS, GcRunning
+from app.tools.gc_run import STALE_SECONDS, GcRunning, RunTiming
 from tests.tools.conftest import QUICK
 
 DEAD = "19990101T000000-dead"
@@ -39,3 +47,60 @@ def test_a_second_run_stops_and_a_dead_one_is_taken_over(settings: Settings, sto
     os.utime(settings.data_dir / layout.GC_RUN, (long_ago, long_ago))
     gc(storage, delete=True, grace_seconds=0, timing=QUICK, out=io.StringIO())
     assert list(storage.list(layout.GC_STATE)) == []
+
+
+def test_two_runs_started_together_one_proceeds(tmp_path: Path) -> None:
+    """ "One run at a time" is decided by the store (a create-only announcement), not by a read before a write."""
+    storage = MemoryStorage()
+    start = threading.Barrier(2)
+
+    def run(_: int) -> str:
+        start.wait()
+        try:
+            gc(storage, delete=True, grace_seconds=0, timing=RunTiming(0.5, 0), out=io.StringIO())
+        except GcRunning:
+            return "stopped"
+        return "ran"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(run, range(2)))
+    assert outcomes == ["ran", "stopped"]
+    assert list(storage.list(layout.GC_STATE)) == []
+
+
+def test_a_dead_run_is_taken_over_by_one_of_two(tmp_path: Path) -> None:
+    storage = MemoryStorage()
+    announce_dead_run(storage)
+    storage.age(layout.GC_RUN, STALE_SECONDS + 60)
+    start = threading.Barrier(2)
+
+    def take_over(_: int) -> str:
+        start.wait()
+        try:
+            gc(storage, delete=True, grace_seconds=0, timing=RunTiming(0.5, 0), out=io.StringIO())
+        except GcRunning:
+            return "stopped"
+        return "ran"
+
+    with ThreadPoolExecutor(2) as pool:
+        assert sorted(pool.map(take_over, range(2))) == ["ran", "stopped"]
+    assert list(storage.list(layout.GC_STATE)) == []
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does(tmp_path: Path) -> None:
+    """A CronJob's deadline, `timeout` or `kill`: the announcement and the run's state go, so the next run
+    (and every replica) does not wait for a run that is gone."""
+    data = tmp_path / "data"
+    FilesystemStorage(data)
+    env = {**os.environ, "REGISTRY_STORAGE": "filesystem", "REGISTRY_DATA_DIR": str(data)}
+    command = [sys.executable, "-m", "app", "gc", "--delete", "--settle-seconds", "60", "--mark-seconds", "0"]
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not (data / layout.GC_RUN).exists():
+        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read() if process.stderr else ""
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode != 0
+    assert b"Traceback" not in stderr, stderr.decode()
+    assert list(FilesystemStorage(data).list(layout.GC_STATE)) == []

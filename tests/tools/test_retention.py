@@ -4,6 +4,7 @@ bucket's documents stay consistent (fsck clean)."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
@@ -14,7 +15,8 @@ from app.registry.policy import parse
 from app.settings import Settings
 from app.storage import Storage
 from app.tools.fsck import fsck
-from app.tools.gc import gc
+from app.tools.gc import Collector, gc
+from app.tools.inventory import Progress, take_inventory
 from tests.support.pushing import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -127,3 +129,19 @@ def test_untagged_manifests_wait_for_untagged_after(client: httpx.Client, storag
     _, lines = run_tool(gc, storage, grace_seconds=0, policy=policy)
     assert f"kept-recent {layout.manifest('plain/app', first.digest)}" in " ".join(lines)
     assert not any(line.startswith("would-delete") and "manifests" in line for line in lines)
+
+
+def test_a_tag_pushed_again_after_gc_planned_stays(client: httpx.Client, storage: Storage, settings: Settings) -> None:
+    """Retention judged the push it saw: a push since (new content and a 201, or the same again) is not its."""
+    expiring = parse({"retention": [{"repositories": ["ci/*"], "keep_last": 0}]})
+    push_image(client, CI, "tmp-1", seed=1)
+    push_image(client, CI, "tmp-2", seed=2)
+    collector = Collector(storage, 0, True, io.StringIO(), Progress("gc"), expiring)
+    [plan] = collector.plan(take_inventory(storage, Progress("gc")))
+    assert set(plan.tags) == {"tmp-1", "tmp-2"}
+    tick(settings)
+    again = push_image(client, CI, "tmp-1", seed=3)  # new content, after the plan
+    collector.execute(plan, claimed=set())
+    assert client.get(f"/v2/{CI}/manifests/tmp-1").content == again.manifest
+    assert client.get(f"/v2/{CI}/manifests/tmp-2").status_code == 404
+    assert client.get(f"/v2/{CI}/tags/list").json()["tags"] == ["tmp-1"]
