@@ -63,6 +63,18 @@ def test_a_blob_pushed_by_many_at_once_is_written_once_and_hashes_to_its_key(clu
         assert cluster.proxy.count("PUT", path=f"/blobs/{digest(layer)}$") <= WRITERS  # never more than its sessions
 
 
+@pytest.mark.parametrize("cluster", [{"publish_in_background": True}, {}], indirect=True, ids=["behind", "before"])
+def test_a_blob_one_replica_just_wrote_is_there_for_the_other_replicas_head(cluster: Cluster) -> None:
+    """docker HEADs each blob after its 201, maybe through the other replica, whose listing is seconds old."""
+    layer = random.Random(3).randbytes(50_000)
+    first, second = (httpx.Client(base_url=url, timeout=30) for url in cluster.replicas)
+    with first, second:
+        assert second.head(f"/v2/inv/head/blobs/{digest(layer)}").status_code == 404  # listed: absent
+        push_blob(first, "inv/head", layer)
+        assert second.head(f"/v2/inv/head/blobs/{digest(layer)}").status_code == 200
+        assert first.head(f"/v2/inv/head/blobs/{digest(layer)}").status_code == 200
+
+
 def test_chunks_and_final_puts_racing_on_one_session_publish_only_verified_bytes(cluster: Cluster) -> None:
     """A hostile client fires chunks, final PUTs and a cancel at one session through both replicas at once."""
     data = random.Random(2).randbytes(100_000)
