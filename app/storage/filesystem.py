@@ -16,10 +16,17 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.storage.base import READ_CHUNK, KeyBlocked, ObjectExists, ObjectInfo, StorageFault
+from app.storage.base import READ_CHUNK, KeyBlocked, KeyInvalid, ObjectExists, ObjectInfo, StorageFault, check_key
 
 META_DIR = ".meta"
 TMP_DIR = ".tmp"
+
+
+def _object_key(key: str, *, prefix: bool = False) -> str:
+    """A key (or listing prefix) of the layout's grammar that is not in the store's own `.meta/` or `.tmp/`."""
+    if key.startswith("."):
+        raise KeyInvalid("key outside the store's objects", detail={"key": key[:300]})
+    return check_key(key, prefix=prefix)
 
 
 class FilesystemStorage:
@@ -32,9 +39,10 @@ class FilesystemStorage:
         (self.root / META_DIR).mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root not in path.parents or key.startswith("."):
-            raise ValueError(f"key escapes the store: {key!r}")
+        """The file of `key`: a key outside the layout's grammar is refused, never resolved (`a/../b` is not `b`)."""
+        path = self.root / _object_key(key)
+        if self.root not in path.resolve().parents:  # a symbolic link leading out of the store
+            raise KeyInvalid("key outside the store's objects", detail={"key": key[:300]})
         return path
 
     def _meta_path(self, key: str) -> Path:
@@ -133,6 +141,7 @@ class FilesystemStorage:
                 path.unlink()
 
     def list(self, prefix: str) -> Iterator[str]:
+        _object_key(prefix, prefix=True)
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
             return
@@ -151,7 +160,7 @@ class FilesystemStorage:
         return ((entry.name, entry.stat().st_size) for entry in self._files_in(prefix))
 
     def _files_in(self, prefix: str) -> Iterator[os.DirEntry[str]]:
-        directory = self.root / prefix
+        directory = self.root / _object_key(prefix, prefix=True)
         if not prefix.endswith("/") or not directory.is_dir():
             return
         for entry in os.scandir(directory):
