@@ -81,11 +81,21 @@ async def run_job(
         if tag is None and not DIGEST_RE.fullmatch(reference):
             tag = reference
         outcome.destination = f"{name}:{tag}" if tag else name
+        _check_offered(reference, tag)
         outcome.digest = await copier.copy(source, reference, name, tag)
     except (SourceError, RegistryError) as exc:
-        outcome.error = str(exc) if isinstance(exc, SourceError) else f"{exc.code}: {exc.message} {exc.detail or ''}"
+        outcome.error = str(exc).replace("\n", "\\n") if isinstance(exc, SourceError) else describe_refusal(exc)
     outcome.tally = _difference(copier.tally, before)
     return outcome
+
+
+def _check_offered(reference: str, tag: str | None) -> None:
+    """A reference or tag a source offers (an OCI layout's ref name, `RepoTags`, a tags list) is checked before
+    anything is fetched or written: `../../other/manifests/v1` is no tag, and no key may be built from it."""
+    if not DIGEST_RE.fullmatch(reference):
+        check_tag(reference)
+    if tag is not None:
+        check_tag(tag)
 
 
 def _difference(after: Tally, before: Tally) -> Tally:
@@ -109,6 +119,12 @@ def summarise(outcomes: list[Outcome], json_output: bool, out: TextIO) -> None:
         else:
             print(f"FAILED {outcome.source} -> {outcome.destination}: {outcome.error}", file=out)
     print(f"{len(outcomes) - failed} copied, {failed} failed; {describe(total)}", file=out)
+
+
+def describe_refusal(error: RegistryError) -> str:
+    """A refusal of the registry on one line (a hostile tag may hold a newline: it is shown escaped)."""
+    detail = f" {json.dumps(error.detail)}" if error.detail is not None else ""
+    return f"{error.code}: {error.message}{detail}"
 
 
 def describe(tally: Tally) -> str:

@@ -30,6 +30,7 @@ from app.mirror.jobs import Outcome, UsageError, open_source, parse_destination,
 from app.mirror.remote import RemoteOptions, parse_remote
 from app.mirror.source import Source, SourceError
 from app.registry import Registry
+from app.registry.references import TAG_RE
 
 VERSION_RE = re.compile(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 
@@ -51,6 +52,14 @@ class Mirror(BaseModel):
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, value: list[str]) -> list[str]:
+        invalid = [tag for tag in value if not TAG_RE.fullmatch(tag)]
+        if invalid:
+            raise ValueError(f"not tags: {', '.join(repr(tag[:130]) for tag in invalid)}")
+        return value
 
     @field_validator("tag_regex")
     @classmethod
@@ -118,10 +127,14 @@ def version_key(tag: str) -> tuple[int, int, int] | None:
 
 
 def select_tags(mirror: Mirror, available: list[str]) -> list[str]:
-    """The exact tags, plus those matching the regex, cut to the newest N versions when `newest` is set."""
-    matched = [tag for tag in available if mirror.tag_regex and re.search(mirror.tag_regex, tag)]
+    """The exact tags, plus those matching the regex, cut to the newest N versions when `newest` is set.
+
+    Only valid tags are candidates: an upstream's list may hold anything (`1.0/../../x`, numbers, objects).
+    """
+    valid = [tag for tag in available if isinstance(tag, str) and TAG_RE.fullmatch(tag)]
+    matched = [tag for tag in valid if mirror.tag_regex and re.search(mirror.tag_regex, tag)]
     if mirror.newest:
-        pool = matched if mirror.tag_regex else available
+        pool = matched if mirror.tag_regex else valid
         versions = sorted((key, tag) for tag in pool if (key := version_key(tag)) is not None)
         matched = [tag for _, tag in versions[-mirror.newest :]]
     return list(dict.fromkeys([*mirror.tags, *matched]))
