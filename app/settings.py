@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
@@ -12,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
 class OidcIssuer(BaseModel):
@@ -83,6 +85,9 @@ class Settings(BaseSettings):
     public_url: str = ""
     max_manifest_bytes: int = Field(default=4 * MiB, ge=1024)
     max_manifest_descriptors: int = Field(default=1000, ge=1)
+    # Hosts a manifest's descriptor `urls` may name (comma-separated; empty: a manifest with `urls` is refused);
+    # a non-distributable layer with such urls need not be in the repository (see app/registry/formats.py).
+    manifest_urls_allow: Annotated[frozenset[str], NoDecode] = frozenset()
     # Accept an index or manifest whose children or blobs are absent (a mirror of one platform of an index).
     sparse_manifests: bool = False
     delete_enabled: bool = False
@@ -159,6 +164,19 @@ class Settings(BaseSettings):
             return tuple(ip_network(part, strict=False) for part in value)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"must be comma-separated addresses or CIDRs ({exc})") from None
+
+    @field_validator("manifest_urls_allow", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        """`cdn.example.com, mcr.microsoft.com`: host names, compared with a URL's host in lower case."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple | set | frozenset) or not all(isinstance(h, str) for h in value):
+            raise ValueError("must be comma-separated host names")
+        hosts = frozenset(host.lower() for host in value)
+        if any(not HOST_NAME.fullmatch(host) for host in hosts):
+            raise ValueError("must be comma-separated host names (no scheme, port or path)")
+        return hosts
 
     @model_validator(mode="after")
     def _auth_is_coherent(self) -> Settings:

@@ -90,6 +90,7 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
             sparse=settings.sparse_manifests,
             policy=policy,
             gc_runs=gc_runs,
+            urls_allowed=settings.manifest_urls_allow,
         ),
         client_sessions=ClientSessions(uploads, settings.max_sessions_per_client),
         page=CatalogPage(storage),

@@ -18,7 +18,7 @@ from anyio.to_thread import run_sync as run
 
 from app import layout
 from app.errors import DigestInvalid, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
-from app.registry.formats import Manifest, parse_manifest
+from app.registry.formats import Manifest, check_urls, parse_manifest
 from app.registry.gc_runs import GcRuns
 from app.registry.indexes import Indexes
 from app.registry.known import Kind, Known
@@ -57,6 +57,7 @@ class Manifests:
         sparse: bool = False,
         policy: PolicyFile | None = None,
         gc_runs: GcRuns | None = None,
+        urls_allowed: frozenset[str] = frozenset(),
     ) -> None:
         self.storage = storage
         self.indexes = indexes
@@ -66,6 +67,7 @@ class Manifests:
         self.sparse = sparse  # REGISTRY_SPARSE_MANIFESTS: accept manifests whose blobs or children are absent
         self.policy = policy or PolicyFile(None)  # REGISTRY_POLICY: immutable tags
         self.gc_runs = gc_runs or GcRuns(storage, 0)  # a running gc's candidates a push relies on are claimed
+        self.urls_allowed = urls_allowed  # REGISTRY_MANIFEST_URLS_ALLOW: hosts descriptor `urls` may name
 
     async def put(
         self,
@@ -85,6 +87,7 @@ class Manifests:
         of its sha256.
         """
         manifest = parse_manifest(body, content_type, max_descriptors=self.max_descriptors)
+        check_urls(manifest, self.urls_allowed)
         digest = self._digest_for(reference, body, named)
         tags = tuple(dict.fromkeys(([] if is_digest(reference) else [reference]) + list(tags)))
         await self._refuse_moving_immutable(name, tags, body)
