@@ -16,7 +16,9 @@
   var JSON_DIGEST_RE = /"((?:sha256:[0-9a-f]{64})|(?:sha512:[0-9a-f]{128}))"/g;
   var PAGE_SIZE = 100;
   var PARALLEL_REQUESTS = 6;
-  var MAX_CONFIG_BYTES = 1024 * 1024;
+  // The most of a config blob the page reads (one Range request): a config's declared size is the pusher's word,
+  // and on Storj every byte read is egress billed to the bucket's owner.
+  var MAX_CONFIG_BYTES = 64 * 1024;
   var OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
   var DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
   var OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -193,6 +195,43 @@
     });
   }
 
+  /**
+   * At most the first `max` bytes of `path`, with one Range request: {bytes, whole}, or null when absent. `whole`
+   * is told by the length alone (fewer than `max` bytes came, so the object ended): Content-Range is no header a
+   * page may read from another origin, where the service redirects blob reads. A server that ignores Range and
+   * answers 200 is read no further than `max` bytes either.
+   */
+  function getPrefix(path, max) {
+    return limited(function () {
+      var headers = { Range: 'bytes=0-' + (max - 1) };
+      return fetch(new URL(path, base).href, { headers: headers, credentials: 'same-origin' }).then(function (res) {
+        if (res.status === 404) return null;
+        if (!res.ok) throw new HttpError(res.status, path);
+        return readAtMost(res, max).then(function (bytes) {
+          return { bytes: bytes, whole: bytes.byteLength < max };
+        });
+      });
+    });
+  }
+
+  /** At most `max` bytes of a response body; past them the download is cancelled. */
+  function readAtMost(res, max) {
+    var reader = res.body.getReader();
+    var bytes = new Uint8Array(max);
+    var length = 0;
+    function next() {
+      return reader.read().then(function (step) {
+        if (step.done) return bytes.buffer.slice(0, length);
+        var part = step.value.subarray(0, max - length);
+        bytes.set(part, length);
+        length += part.length;
+        if (length === max) return reader.cancel().then(function () { return bytes.buffer; });
+        return next();
+      });
+    }
+    return next();
+  }
+
   function parseJSON(bytes, path) {
     try {
       return JSON.parse(new TextDecoder().decode(bytes));
@@ -302,15 +341,18 @@
     });
   }
 
-  /** An image config blob: {doc}, {missing: true}, or {skipped: true} when it is not a small image config. */
+  /**
+   * An image config blob: {doc}, {missing: true}, {tooLarge: true} when it is (or says it is) MAX_CONFIG_BYTES or
+   * more, or {skipped: true} when it is no image config. At most MAX_CONFIG_BYTES are read, whatever its size.
+   */
   function config(name, descriptor) {
-    if (!descriptor || IMAGE_CONFIGS.indexOf(descriptor.mediaType) < 0 || descriptor.size > MAX_CONFIG_BYTES) {
-      return Promise.resolve({ skipped: true });
-    }
+    if (!descriptor || IMAGE_CONFIGS.indexOf(descriptor.mediaType) < 0) return Promise.resolve({ skipped: true });
+    if (!(descriptor.size < MAX_CONFIG_BYTES)) return Promise.resolve({ tooLarge: true });
     var path = 'v2/' + name + '/blobs/' + descriptor.digest;
     return remember(path, true, function () {
-      return get(path).then(function (found) {
-        return found === null ? { missing: true } : { doc: parseJSON(found.bytes, path) };
+      return getPrefix(path, MAX_CONFIG_BYTES).then(function (found) {
+        if (found === null) return { missing: true };
+        return found.whole ? { doc: parseJSON(found.bytes, path) } : { tooLarge: true };
       });
     });
   }
@@ -828,6 +870,12 @@
     }
     if (configFound.missing) {
       return section('Config', h('p', { class: 'warn' }, 'The config blob ' + descriptor.digest + ' is missing from the registry.'));
+    }
+    if (configFound.tooLarge) {
+      return section('Config', [
+        h('p', { class: 'warn' }, 'The config blob is too large to show here (the page reads at most ' + formatSize(MAX_CONFIG_BYTES) + ' of it).'),
+        definitionList([['Media type', h('code', null, descriptor.mediaType || '—')], ['Declared size', formatSize(descriptor.size)]]),
+      ]);
     }
     var cfg = configFound.doc;
     var inner = cfg.config || {};

@@ -43,11 +43,13 @@ class ObjectChanged(Exception):
     """The object was rewritten between HeadObject and GetObject (a tag update during a pull)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class RequestRecord:
     method: str
     path: str
     status: int
+    range: str | None = None  # the Range header asked for
+    sent: int = 0  # body bytes written to the client (what linksharing's egress would bill)
 
 
 class StaticBucketServer:
@@ -177,6 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 30  # idle keep-alive connections are dropped after this
     share: StaticBucketServer
     responded = False
+    record: RequestRecord
 
     def __getattr__(self, name: str) -> Any:
         """Any method other than GET/HEAD/OPTIONS (even unknown ones) is answered 405, never 501."""
@@ -190,7 +193,10 @@ class _Handler(BaseHTTPRequestHandler):
     def send_response(self, code: int, message: str | None = None) -> None:
         self.responded = True
         # A TLS handshake (skopeo tries HTTPS first) never becomes a request: no command, no path.
-        self.share.requests.append(RequestRecord(self.command or "", getattr(self, "path", ""), int(code)))
+        headers = getattr(self, "headers", None)
+        range_header = headers.get("Range") if headers is not None else None
+        self.record = RequestRecord(self.command or "", getattr(self, "path", ""), int(code), range_header)
+        self.share.requests.append(self.record)
         super().send_response(code, message)
 
     def do_OPTIONS(self) -> None:
@@ -327,5 +333,6 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             for chunk in body.iter_chunks(CHUNK):
                 self.wfile.write(chunk)
+                self.record.sent += len(chunk)
         finally:
             body.close()
