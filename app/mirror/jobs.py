@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from app.cli import interrupts_held
 from app.errors import RegistryError
 from app.mirror.copier import Copier, Tally
 from app.mirror.layouts import open_local
@@ -103,7 +104,16 @@ def _difference(after: Tally, before: Tally) -> Tally:
 
 
 def summarise(outcomes: list[Outcome], json_output: bool, out: TextIO) -> None:
-    """The summary on stdout: one line per job and a total, or one JSON document."""
+    """The summary on stdout: one line per job and a total, or one JSON document.
+
+    The work is done by now: a Ctrl-C arriving while the summary prints is held back, so it cannot print success
+    and still end the command as interrupted (exit 130).
+    """
+    with interrupts_held():
+        _print_summary(outcomes, json_output, out)
+
+
+def _print_summary(outcomes: list[Outcome], json_output: bool, out: TextIO) -> None:
     total = Tally()
     for outcome in outcomes:
         total.add(outcome.tally)
@@ -113,12 +123,19 @@ def summarise(outcomes: list[Outcome], json_output: bool, out: TextIO) -> None:
         print(json.dumps(document, indent=2), file=out)
         return
     for outcome in outcomes:
-        if outcome.ok:
-            done = f"copied {outcome.source} -> {outcome.destination} {outcome.digest}"
-            print(f"{done}: {describe(outcome.tally)}", file=out)
-        else:
-            print(f"FAILED {outcome.source} -> {outcome.destination}: {outcome.error}", file=out)
-    print(f"{len(outcomes) - failed} copied, {failed} failed; {describe(total)}", file=out)
+        print(job_line(outcome), file=out)
+    if outcomes and not failed and total.writes == 0:
+        print(f"up to date: {len(outcomes)} image(s) already in the bucket, nothing written", file=out)
+    else:
+        print(f"{len(outcomes) - failed} copied, {failed} failed; {describe(total)}", file=out)
+
+
+def job_line(outcome: Outcome) -> str:
+    if not outcome.ok:
+        return f"FAILED {outcome.source} -> {outcome.destination}: {outcome.error}"
+    if outcome.tally.writes == 0:
+        return f"up to date {outcome.source} -> {outcome.destination} {outcome.digest}"
+    return f"copied {outcome.source} -> {outcome.destination} {outcome.digest}: {describe(outcome.tally)}"
 
 
 def describe_refusal(error: RegistryError) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from app.events import Notifier, Origin, Target
 from app.registry import open_uploads
 from app.registry.policy import open_policy, parse_duration
-from app.settings import Settings, load_settings
+from app.settings import Settings, load_settings, store_location, unknown_variables
 from app.storage import Storage, StorageFault, open_storage
 from app.tools.fsck import fsck
 from app.tools.gc import DEFAULT_GRACE_SECONDS, Removal, gc
@@ -31,16 +31,9 @@ def existing_store(settings: Settings) -> Storage:
     return open_storage(settings, create=False)
 
 
-def where(settings: Settings) -> str:
-    """The store in words, for messages: the bucket (and prefix), or the data directory."""
-    if settings.storage == "s3":
-        return f"bucket {settings.s3_bucket}" + (f" under {settings.s3_prefix}/" if settings.s3_prefix else "")
-    return f"{settings.data_dir.resolve()} (REGISTRY_DATA_DIR)"
-
-
 def say_if_empty(command: str, settings: Settings, keys: int) -> None:
     if keys == 0:
-        print(f"{command}: the store is empty: nothing was ever pushed to {where(settings)}", file=sys.stderr)
+        print(f"{command}: the store is empty: nothing was ever pushed to {store_location(settings)}", file=sys.stderr)
 
 
 def run_fsck(args: argparse.Namespace) -> int:
@@ -137,9 +130,16 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def storage_faults_exit(handler: Handler) -> Handler:
-    """An unreachable or missing store ends a tool with a one-line message and exit status 3, not a traceback."""
+    """The frame of each tool: its first line (stderr) names the store it works on, then any REGISTRY_* variable
+    that is no setting; an unreachable or missing store ends it with one line and exit status 3, not a traceback.
+
+    Run from another directory, a tool would otherwise work on another `./data` without a word.
+    """
 
     def run(args: argparse.Namespace) -> int:
+        print(f"storj-registry {args.command}: store: {store_location(load_settings())}", file=sys.stderr)
+        for sentence in unknown_variables():
+            print(f"storj-registry {args.command}: warning: {sentence}", file=sys.stderr)
         try:
             return handler(args)
         except StorageFault as exc:
