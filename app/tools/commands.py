@@ -38,7 +38,7 @@ def say_if_empty(command: str, settings: Settings, keys: int) -> None:
 
 def run_fsck(args: argparse.Namespace) -> int:
     settings = load_settings()
-    report = fsck(existing_store(settings), repair=args.repair)
+    report = fsck(existing_store(settings), repair=args.repair, blobs=args.blobs)
     say_if_empty("fsck", settings, report.keys)
     return EXIT_PROBLEMS if report.left else 0
 
@@ -156,7 +156,19 @@ def add_tool_commands(commands: argparse._SubParsersAction) -> None:
         description="Problems go to stdout, one per line: PROBLEM <code> <key> <detail>. Progress and summary: stderr. "
         "Exit 0: clean (an empty store says so); 1: problems left; 3: no store there, or it cannot be reached.",
     )
-    check.add_argument("--repair", action="store_true", help="fix what the store itself can tell (never blobs)")
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="fix what the store itself can tell; with --blobs, move each damaged blob to v2/_quarantine/ so the "
+        "next push of it writes it again",
+    )
+    check.add_argument(
+        "--blobs",
+        action="store_true",
+        help="also read every blob and hash it again (reports each that does not match its digest, or is short, "
+        "with the repositories using it). It reads the whole store: on Storj every byte read is egress, billed "
+        "per GB, and each repository's copy of a shared blob is read",
+    )
     check.set_defaults(handler=storage_faults_exit(run_fsck))
 
     collect = commands.add_parser(
