@@ -7,6 +7,7 @@ the others go on; only an unreachable bucket stops everything (app.storage.Stora
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
@@ -19,6 +20,7 @@ from app.mirror.source import Source, SourceError
 from app.registry.references import DIGEST_RE, check_name, check_tag
 
 LOCAL_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class UsageError(Exception):
@@ -85,7 +87,7 @@ async def run_job(
         _check_offered(reference, tag)
         outcome.digest = await copier.copy(source, reference, name, tag)
     except (SourceError, RegistryError) as exc:
-        outcome.error = str(exc).replace("\n", "\\n") if isinstance(exc, SourceError) else describe_refusal(exc)
+        outcome.error = str(exc) if isinstance(exc, SourceError) else describe_refusal(exc)
     outcome.tally = _difference(copier.tally, before)
     return outcome
 
@@ -131,17 +133,23 @@ def _print_summary(outcomes: list[Outcome], json_output: bool, out: TextIO) -> N
 
 
 def job_line(outcome: Outcome) -> str:
+    """One line, whatever the source named: its control characters are escaped (see `one_line`)."""
+    source, destination = one_line(outcome.source), one_line(outcome.destination)
     if not outcome.ok:
-        return f"FAILED {outcome.source} -> {outcome.destination}: {outcome.error}"
+        return f"FAILED {source} -> {destination}: {one_line(outcome.error or '')}"
     if outcome.tally.writes == 0:
-        return f"up to date {outcome.source} -> {outcome.destination} {outcome.digest}"
-    return f"copied {outcome.source} -> {outcome.destination} {outcome.digest}: {describe(outcome.tally)}"
+        return f"up to date {source} -> {destination} {outcome.digest}"
+    return f"copied {source} -> {destination} {outcome.digest}: {describe(outcome.tally)}"
 
 
 def describe_refusal(error: RegistryError) -> str:
-    """A refusal of the registry on one line (a hostile tag may hold a newline: it is shown escaped)."""
     detail = f" {json.dumps(error.detail)}" if error.detail is not None else ""
     return f"{error.code}: {error.message}{detail}"
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped: a tag or message from a source cannot forge a summary line."""
+    return CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
 
 
 def describe(tally: Tally) -> str:

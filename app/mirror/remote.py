@@ -214,8 +214,12 @@ class RemoteRegistry:
 
     async def _send(self, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
         """GET `path` (relative to the repository), authenticated and retried; the caller closes the response."""
-        url = urljoin(self.base, path)
-        if not same_origin(url, self.base):
+        try:
+            url = urljoin(self.base, path)
+            elsewhere = not same_origin(url, self.base)
+        except ValueError as exc:  # `http://[::1` from a Link header
+            raise SourceError(f"{self.describe()}: not a URL: {path[:200]!r}") from exc
+        if elsewhere:
             raise SourceError(f"{self.describe()}: refused to follow a link to another host ({url[:200]})")
         answered_challenge = False
         waited = 0.0
@@ -232,7 +236,7 @@ class RemoteRegistry:
                     raise SourceError(f"{self.ref.api_host} unreachable: {exc or 'no answer in time'}") from exc
                 waited = await self._wait(None, attempt, waited, url)
                 continue
-            except httpx.HTTPError as exc:  # too many redirects, a redirect to another scheme
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:  # too many redirects, a redirect to another scheme
                 raise SourceError(f"{url[:200]}: {exc}") from exc
             if response.status_code == 401 and not answered_challenge:
                 await response.aclose()
@@ -393,7 +397,10 @@ class RemoteRegistry:
             following = found.response.links.get("next", {}).get("url")
             if not following:
                 return tags
-            path = urljoin(str(found.response.url), following)
+            try:
+                path = urljoin(str(found.response.url), following)
+            except ValueError as exc:
+                raise SourceError(f"{self.describe()}: the tags list links to no URL: {following[:200]!r}") from exc
         raise SourceError(f"{self.describe()}: the tags list goes on past {self.options.max_tag_pages} pages")
 
 
