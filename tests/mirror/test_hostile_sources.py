@@ -276,7 +276,7 @@ def test_an_endless_tags_list_ends(settings: Settings, cli: Callable[..., Run], 
 
 
 @ON_DISK
-def test_one_mirror_answering_503_is_reported_and_the_run_goes_on(
+def test_a_mirror_answering_503_or_misconfigured_is_reported_and_the_run_goes_on(
     settings: Settings, cli: Callable[..., Run], tmp_path: Path
 ) -> None:
     def script(path: str, _query: Any, _nth: int) -> Answer | None:
@@ -288,11 +288,13 @@ def test_one_mirror_answering_503_is_reported_and_the_run_goes_on(
             tmp_path,
             {"source": f"docker://{upstream.host}/team/app", "tag_regex": "."},
             {"source": f"docker://{upstream.host}/team/app", "tags": ["v1"], "destination": "b/app"},
+            {"source": f"docker://{upstream.host}/team/app", "tags": ["v1"], "credentials_env": "NOT_SET_H21"},
             {"source": f"oci:{tmp_path / 'build'}", "tags": ["v3"], "destination": "ci/build"},
         )
         run = cli(settings, "sync", str(config))
     assert run.status == 1 and "Traceback" not in run.out + run.err
-    assert run.out.splitlines()[-1].startswith("1 copied, 2 failed;")
+    assert "NOT_SET_H21 must hold USER:PASS" in run.out  # a configuration mistake seen at run time: that mirror only
+    assert run.out.splitlines()[-1].startswith("1 copied, 3 failed;")
 
 
 @ON_DISK
