@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import threading
 import time
 from collections.abc import Callable
 
+from app.cli import port_number
 from app.events import Notifier, Origin, Target
 from app.registry import open_uploads
 from app.registry.policy import open_policy, parse_duration
-from app.settings import Settings, load_settings, store_location, unknown_variables
+from app.settings import Settings, SettingsError, load_settings, store_location, unknown_variables
 from app.storage import Storage, StorageFault, open_storage
 from app.tools.fsck import fsck
 from app.tools.gc import DEFAULT_GRACE_SECONDS, Removal, gc
@@ -218,6 +220,80 @@ def add_tool_commands(commands: argparse._SubParsersAction) -> None:
     )
     uploads.set_defaults(handler=storage_faults_exit(run_uploads))
     add_mirror_commands(commands)
+    add_pull_commands(commands)
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    """Serve the store until Ctrl-C (the normal end: exit 0), one line per request on stderr."""
+    from app.tools.preview import Answer, Preview
+
+    def log(answer: Answer) -> None:
+        print(f"{answer.method} {answer.path} {answer.status}", file=sys.stderr, flush=True)
+
+    try:
+        server = Preview(existing_store(load_settings()), args.host, args.port, on_answer=log)
+    except OSError as exc:
+        raise SettingsError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    with server:
+        host = server.url.removeprefix("http://")
+        print(f"preview: serving the store read-only as Storj linksharing would at {server.url}", file=sys.stderr)
+        print(f"preview: try `docker pull {host}/NAME:TAG`, or `verify-pull {host}/NAME:TAG`", file=sys.stderr)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print("preview: stopped", file=sys.stderr)
+    return 0
+
+
+def run_verify_pull(args: argparse.Namespace) -> int:
+    import httpx
+
+    from app.tools.verify_pull import UsageError, verify_pull
+
+    try:
+        findings = verify_pull(args.reference, tls_verify=args.tls_verify)
+    except UsageError as exc:
+        print(f"storj-registry verify-pull: {exc}", file=sys.stderr)
+        return 2
+    except httpx.ConnectError:
+        print(f"storj-registry verify-pull: nothing answers at {args.reference} (cannot connect)", file=sys.stderr)
+        return EXIT_STORAGE
+    except httpx.TimeoutException:
+        print(f"storj-registry verify-pull: {args.reference} did not answer in time", file=sys.stderr)
+        return EXIT_STORAGE
+    except httpx.HTTPError as exc:
+        print(f"storj-registry verify-pull: {args.reference} failed: {type(exc).__name__}", file=sys.stderr)
+        return EXIT_STORAGE
+    print(f"verify-pull: {findings.summary()}", file=sys.stderr)
+    return EXIT_PROBLEMS if findings.problems else 0
+
+
+def add_pull_commands(commands: argparse._SubParsersAction) -> None:
+    shown = commands.add_parser(
+        "preview",
+        help="serve the store read-only exactly as Storj linksharing would (pull from it to check the layout)",
+        description="Serves the store the settings name (the data directory, or the bucket and prefix) as static "
+        "files, with linksharing's rules only: GET and HEAD, the stored Content-Type, index.html for paths ending "
+        "in /, 303 from /v2 to /v2/, 404.html, single ranges. No registry logic: a pull that works from here works "
+        "from the bucket's public URL. On S3 each request reads the bucket (egress on Storj). Ctrl-C stops it.",
+    )
+    shown.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    shown.add_argument("--port", type=port_number, default=8000, help="TCP port (default: %(default)s)")
+    shown.set_defaults(handler=storage_faults_exit(run_preview))
+
+    verify = commands.add_parser(
+        "verify-pull",
+        help="pull a tag through a public URL as docker does and check types, digests and sizes",
+        description="REFERENCE: [https://]HOST[:PORT]/NAME:TAG (or @DIGEST); http for a loopback host. Fetches /v2/, "
+        "the manifest by tag (HEAD and GET, docker's Accept) and by digest, every child of an index, every config "
+        "and layer (streamed), and tags/list. Each problem goes to stdout in words; exit 0 when the pull is sound, "
+        "1 when it is not, 3 when the URL cannot be reached. It reads every blob: egress on Storj.",
+    )
+    verify.add_argument("reference")
+    verify.add_argument(
+        "--tls-verify", type=parse_bool, default=True, metavar="BOOL", help="verify the server's TLS certificate"
+    )
+    verify.set_defaults(handler=run_verify_pull)
 
 
 def add_mirror_commands(commands: argparse._SubParsersAction) -> None:
