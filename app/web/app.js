@@ -30,6 +30,7 @@
   SHORT_TYPES[DOCKER_LIST] = 'Docker manifest list';
   SHORT_TYPES[OCI_MANIFEST] = 'OCI image';
   SHORT_TYPES[DOCKER_MANIFEST] = 'Docker image';
+  var NOT_RECORDED = 'not recorded';
   var GENERIC_TYPES = ['', 'application/json', 'application/octet-stream', 'binary/octet-stream', 'text/plain'];
 
   // ---- small pure helpers (exported for the browser tests) --------------------------------------------------
@@ -366,9 +367,21 @@
     });
   }
 
+  /**
+   * When the image was built: a Date; NOT_RECORDED when its config gives no time, or the zero time that reproducible
+   * builds write (SOURCE_DATE_EPOCH=0: 1970-01-01); null when the config could not be read.
+   */
   function createdOf(configFound) {
-    var created = configFound && configFound.doc && configFound.doc.created;
-    return created ? new Date(created) : null;
+    var doc = configFound && configFound.doc;
+    if (!doc) return null;
+    var created = typeof doc.created === 'string' ? new Date(doc.created) : null;
+    return created && created.getTime() > 0 ? created : NOT_RECORDED;
+  }
+
+  function createdElement(created) {
+    if (created !== NOT_RECORDED) return timeElement(created);
+    return h('span', { class: 'muted', title: 'The image config names no build time (reproducible builds set 1970-01-01).' },
+      NOT_RECORDED);
   }
 
   /** What a row shows of a manifest: compressed size, platforms, created; an index sums its platforms. */
@@ -386,13 +399,16 @@
               ? present.reduce(function (sum, m) { return sum + layersSize(m.doc); }, 0) : null,
             platforms: children.map(function (child) { return platformName(child.platform); }),
             created: createdOf(configFound),
-            artifactType: null,
+            artifactType: found.doc.artifactType || null,
           };
         });
       });
     }
+    var artifactType = artifactTypeOf(found.doc);
     return config(name, found.doc.config).then(function (configFound) {
-      return { size: layersSize(found.doc), platforms: [], created: createdOf(configFound), artifactType: artifactTypeOf(found.doc), config: configFound };
+      // An artifact's config holds no build time: nothing to say (rather than "not recorded").
+      var created = artifactType ? null : createdOf(configFound);
+      return { size: layersSize(found.doc), platforms: [], created: created, artifactType: artifactType, config: configFound };
     });
   }
 
@@ -483,8 +499,9 @@
       copyButton(text, 'Copy: ' + text));
   }
 
-  function pullCommand(name, tag, digest) {
-    return 'docker pull ' + host + '/' + name + (tag ? ':' + tag : '@' + digest);
+  /** docker pulls images; an artifact (an SBOM, a signature, a chart) is pulled with oras. */
+  function pullCommand(name, tag, digest, artifact) {
+    return (artifact ? 'oras pull ' : 'docker pull ') + host + '/' + name + (tag ? ':' + tag : '@' + digest);
   }
 
   function definitionList(pairs) {
@@ -720,7 +737,11 @@
       }
       var sorted = tags.slice().sort(naturalCompare);
       var suggested = tags.indexOf('latest') >= 0 ? 'latest' : sorted[sorted.length - 1];
-      view.append(command('Pull', pullCommand(name, suggested)));
+      var pull = h('div', null, command('Pull', pullCommand(name, suggested)));
+      view.append(pull);
+      manifest(name, suggested).then(function (found) { return found && summary(name, found); }).then(function (info) {
+        if (info && info.artifactType) pull.replaceChildren(command('Pull', pullCommand(name, suggested, null, true)));
+      }).catch(function () {}); // the tag's row shows what went wrong
       var pushed = {};
       view.append(longList({
         items: sorted,
@@ -780,7 +801,7 @@
             if (info.artifactType) set('Type', h('span', { title: found.mediaType }, 'Artifact: ' + info.artifactType));
             set('Size', formatSize(info.size));
             set('Platforms', info.platforms.length ? info.platforms.join(', ') : '—');
-            set('Created', timeElement(info.created));
+            set('Created', createdElement(info.created));
           });
         }).catch(function (error) {
           set('Digest', h('span', { class: 'warn' }, error.message));
@@ -805,19 +826,20 @@
       }
       var digest = found.digest || route.digest;
       var pulls = h('section', { class: 'pull', 'aria-label': 'Pull commands' });
-      if (route.tag) pulls.append(command('By tag', pullCommand(name, route.tag)));
-      if (digest) pulls.append(command('By digest', pullCommand(name, null, digest)));
       view.append(pulls);
       return summary(name, found).then(function (info) {
         if (!live()) return null;
         announce('');
+        var artifact = !!info.artifactType;
+        if (route.tag) pulls.append(command('By tag', pullCommand(name, route.tag, null, artifact)));
+        if (digest) pulls.append(command('By digest', pullCommand(name, null, digest, artifact)));
         view.append(definitionList([
           ['Digest', digest ? [h('code', { class: 'digest-full' }, digest), ' ', copyButton(digest, 'Copy digest ' + digest)] : 'unknown (needs HTTPS to compute)'],
           ['Media type', h('code', null, found.mediaType || '—')],
           info.artifactType ? ['Artifact type', h('code', null, info.artifactType)] : null,
           ['Compressed size', formatSize(info.size)],
           info.platforms.length ? ['Platforms', info.platforms.join(', ')] : null,
-          ['Created', timeElement(info.created)],
+          ['Created', createdElement(info.created)],
           [route.tag ? 'Pushed' : 'Stored', timeElement(found.pushed)],
         ]));
         if (isIndex(found.mediaType, found.doc)) view.append(platformsSection(name, found.doc));
