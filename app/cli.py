@@ -1,17 +1,20 @@
-"""The `storj-registry` command: `serve` runs the registry; the other commands inspect and tidy its store."""
+"""The `storj-registry` command: `serve` runs the registry; the other commands inspect and tidy its store.
+
+This module imports little when loaded: the rest is imported inside `main` with Ctrl-C held back, so an
+interrupt during those imports (half a second) is an "interrupted" line rather than a traceback from deep in a
+library's import.
+"""
 
 from __future__ import annotations
 
 import argparse
-import ssl
+import contextlib
+import signal
 import sys
-import urllib.request
-from importlib.metadata import PackageNotFoundError, version
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
-
-from app.settings import SettingsError, load_settings
-from app.tools.commands import add_tool_commands
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 ANY_ADDRESS = frozenset({"", "0.0.0.0", "::"})
@@ -27,29 +30,42 @@ class Parser(argparse.ArgumentParser):
 
 
 def serve(args: argparse.Namespace) -> int:
+    import logging
+
     from app.edge import quiet_protocol_errors, server_options, warn_if_exposed
-    from app.lifecycle import prepare_directories
+    from app.lifecycle import listening_socket, prepare_directories
     from app.lifecycle import serve as run_server
     from app.main import create_app
     from app.malloc import limit_malloc_arenas
     from app.observability import configure_logging
+    from app.settings import load_settings, store_line, unknown_variables
 
     limit_malloc_arenas()  # before any thread starts: RSS flat in the layer size (app.malloc)
     settings = load_settings()
     host, port = args.host or settings.listen_host, args.port or settings.listen_port
     options = server_options(settings)  # HTTPS, header-size bound (app.edge); checks the TLS files
+    sock = listening_socket(host, port)  # a port in use is a one-line SettingsError, before anything is written
     prepare_directories(settings)  # a wrong directory is a one-line SettingsError, not a traceback
     configure_logging(settings.log_format, args.log_level)  # before anything logs, create_app included
     quiet_protocol_errors()
+    log = logging.getLogger("storj_registry")
+    log.info("%s", store_line(settings))
+    for sentence in unknown_variables():
+        log.warning("%s", sentence)
     app = create_app(settings)
     warn_if_exposed(host, settings)
     # uvicorn's own logging and access log are turned off, and the graceful stop set up, by app.lifecycle.serve.
-    run_server(app, settings, host=host, port=port, log_level=args.log_level, proxy_headers=False, **options)
+    run_server(app, settings, sock, host=host, port=port, log_level=args.log_level, proxy_headers=False, **options)
     return 0
 
 
 def healthcheck(args: argparse.Namespace) -> int:
     """The container's HEALTHCHECK: `/healthz` of the `serve` this container runs, on the port it really uses."""
+    import ssl
+    import urllib.request
+
+    from app.settings import load_settings
+
     settings = load_settings()
     served = served_arguments(Path("/proc/1/cmdline"))
     host = (served and served.host) or settings.listen_host
@@ -65,9 +81,28 @@ def healthcheck(args: argparse.Namespace) -> int:
         with opener.open(url, timeout=HEALTH_TIMEOUT_SECONDS) as response:
             response.read()
     except OSError as exc:
-        print(f"storj-registry healthcheck: {url}: {exc}", file=sys.stderr)
+        print(f"storj-registry healthcheck: {health_problem(url, exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def health_problem(url: str, exc: OSError) -> str:
+    """Why `/healthz` did not answer, as a sentence (urllib's own words are `<urlopen error [Errno 111] …>`)."""
+    import ssl
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"{url} answered {exc.code} {exc.reason}"
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, ConnectionRefusedError):
+        return f"nothing listens at {url}: is `storj-registry serve` running on that port?"
+    if isinstance(reason, TimeoutError):
+        return f"{url} did not answer within {HEALTH_TIMEOUT_SECONDS:g} s"
+    if isinstance(reason, ssl.SSLError):
+        return f"the TLS handshake with {url} failed ({reason.reason or reason})"
+    if isinstance(reason, OSError):
+        return f"{url} cannot be reached ({reason.strerror or type(reason).__name__})"
+    return f"{url} cannot be reached ({reason})"
 
 
 def served_arguments(cmdline: Path) -> argparse.Namespace | None:
@@ -109,25 +144,45 @@ def port_number(text: str) -> int:
 
 
 def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("storj-registry")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
 
 
+SERVE_DESCRIPTION = """Run the registry API until SIGTERM or Ctrl-C (a graceful stop).
+
+Every other setting is a REGISTRY_* environment variable, or a line of a .env file in the current directory
+(all of them: docs/settings.md). The ones most used:
+  REGISTRY_STORAGE          filesystem (default) or s3
+  REGISTRY_DATA_DIR         the filesystem store's directory (default ./data)
+  REGISTRY_STAGING_DIR      where uploads are assembled (default ./staging)
+  REGISTRY_S3_BUCKET, REGISTRY_S3_ACCESS_KEY, REGISTRY_S3_SECRET_KEY, REGISTRY_S3_PREFIX
+  REGISTRY_S3_ENDPOINT      the S3 gateway (default https://gateway.storjshare.io, Storj's public one)
+  REGISTRY_PUBLIC_URL       where the bucket is served (linksharing): blob reads are redirected there
+  REGISTRY_AUTH_HTPASSWD    an htpasswd file (bcrypt): who may push; without it anyone can
+  REGISTRY_DELETE_ENABLED   true to allow deleting manifests, tags and blobs
+  REGISTRY_LOG_FORMAT       text (default) or json
+The first log line names the store, the staging directory and the public URL in use."""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from app.tools.commands import add_tool_commands
+
     parser = Parser(
         prog="storj-registry",
-        description=__doc__,
-        epilog="Settings come from REGISTRY_* environment variables or a .env file (see the README).",
+        description=__doc__.split("\n\n")[0],
+        epilog="Settings come from REGISTRY_* environment variables or a .env file (docs/settings.md).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_parser = commands.add_parser(
         "serve",
         help="run the registry API",
-        description="Run the registry API until SIGTERM or Ctrl-C (a graceful stop). "
-        "Every other setting is a REGISTRY_* environment variable (see the README's Settings).",
+        description=SERVE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_serve_arguments(serve_parser)
     serve_parser.set_defaults(handler=serve)
@@ -143,8 +198,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[list[int]]:
+    """Ctrl-C (SIGINT) noted instead of raised while the block runs: the list holds the signals that arrived.
+
+    For stretches where a KeyboardInterrupt would do harm and waiting costs nothing: imports (the exception
+    surfaces as a traceback from inside a library), and the summary of work already done (an interrupt then
+    would print success and exit 130). Only the main thread can hold signals; elsewhere nothing is held.
+    """
+    arrived: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield arrived
+        return
+    previous = signal.signal(signal.SIGINT, lambda number, _frame: arrived.append(number))
+    try:
+        yield arrived
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command; without `argv`, the process's own command line, whose end is the process's end: a Ctrl-C
+    after the outcome was printed is then ignored, or Python's exit would die of it (exit 130 after success)."""
+    status = run(argv)
+    if argv is None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return status
+
+
+def run(argv: list[str] | None) -> int:
+    with interrupts_held() as interrupted:
+        from app.settings import SettingsError
+
+        parser = build_parser()  # imports every command's modules
+    if interrupted:
+        print("storj-registry: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    args = parser.parse_args(argv)
     try:
         return args.handler(args)
     except SettingsError as exc:

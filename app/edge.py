@@ -7,6 +7,8 @@ steer the `Location` URLs the service hands out.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import re
 import ssl
@@ -21,6 +23,7 @@ from fastapi import Depends, FastAPI
 from app.api import auth as auth_api
 from app.auth import Gate, UploadLimiter, guard
 from app.connections import head_deadline_protocol
+from app.errors import ShuttingDown
 from app.registry.limits import BodyRefused
 from app.settings import LOOPBACK_HOSTS, Settings, SettingsError
 
@@ -55,6 +58,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         min_rate=settings.min_body_rate,
     )
     app.add_middleware(ForwardedHeaders, trusted=settings.trusted_proxies, service_url=settings.service_url)
+    app.add_middleware(StoppedRequests)
     if not settings.auth_enabled:
         log.warning(
             "authentication is OFF: anyone who can reach this service can push and overwrite images "
@@ -117,6 +121,40 @@ def warn_if_exposed(host: str, settings: Settings) -> None:
         log.warning("listening on %s without authentication: anyone on that network can push", host)
     if host not in LOOPBACK_HOSTS and not settings.tls_cert and settings.auth_enabled:
         log.warning("listening on %s over plain HTTP: passwords travel in clear unless a proxy adds TLS", host)
+
+
+class StoppedRequests:
+    """A request the stopping service cancels (its grace ran out, or a second Ctrl-C) is answered 503, not 500.
+
+    uvicorn cancels the requests still running when `REGISTRY_SHUTDOWN_GRACE_SECONDS` ends, or at once on a second
+    signal; the cancellation would reach uvicorn as an exception, logged as a traceback and answered 500. Nothing
+    else cancels a request task, so here a cancellation means the stop. What an upload staged stays on disk.
+    """
+
+    message = "this replica stopped before the request finished: retry it (the bytes an upload sent are kept)"
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_start)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # answered: the request ends here rather than as a cancelled task
+            if not started:  # else the response is cut short and uvicorn closes the connection
+                await _refuse(send, 503, ShuttingDown(self.message).body())
 
 
 class ForwardedHeaders:
@@ -246,8 +284,16 @@ def _paced(receive: Receive, idle: float, min_rate: int) -> Receive:
 
 
 async def _refuse_head(send: Send, limit: int) -> None:
-    body = b'{"errors":[{"code":"UNSUPPORTED","message":"request headers too large","detail":{"limit":%d}}]}' % limit
+    error = {"code": "UNSUPPORTED", "message": "request headers too large", "detail": {"limit": limit}}
+    await _refuse(send, 431, {"errors": [error]})
+
+
+async def _refuse(send: Send, status: int, document: dict[str, Any]) -> None:
+    """An OCI error answered from the edge, outside the application's handlers; the connection is closed after."""
+    body = json.dumps(document, separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": 431, "headers": headers})
+    headers += [(b"connection", b"close"), (b"docker-distribution-api-version", b"registry/2.0")]
+    if status == 503:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

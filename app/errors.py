@@ -101,6 +101,15 @@ class Denied(RegistryError):
     status, code = 403, "DENIED"
 
 
+class NameDenied(Denied):
+    """A repository name this registry refuses, the reason in the message.
+
+    Not NAME_INVALID: docker retries that code five times (about 50 s) before it shows the reason, while DENIED
+    (like UNAUTHORIZED, UNSUPPORTED, TOOMANYREQUESTS and NAME_UNKNOWN) ends its push at once (moby's
+    `retryOnError`, distribution/errors.go).
+    """
+
+
 class Unsupported(RegistryError):
     status, code = 405, "UNSUPPORTED"
 

@@ -140,3 +140,15 @@ def gc_claims(run_id: str) -> str:
 def gc_claim(run_id: str, key: str) -> str:
     """A push relies on candidate `key`: the run must not delete it."""
     return gc_claims(run_id) + key
+
+
+QUARANTINE = "v2/_quarantine/"
+
+
+def quarantined(key: str) -> str:
+    """Where `fsck --blobs --repair` moves a blob whose bytes do not hash to its digest, out of clients' way.
+
+    The blob's own key is then free, so the next push of that digest writes it again (blob writes are create-only).
+    `_quarantine` cannot be a repository name either.
+    """
+    return QUARANTINE + key.removeprefix("v2/")

@@ -5,25 +5,31 @@ serving, but `/readyz` answers 503 and new upload sessions are refused with 503 
 them on another replica while pushes in progress here go on. Then uvicorn closes the listener and waits up to
 `REGISTRY_SHUTDOWN_GRACE_SECONDS` for requests in flight, blob commits included, before it cancels them. A second
 signal skips the drain. Ctrl-C (SIGINT) stops it the same way, and the process then exits 0 without a traceback.
+A request still running when the grace ends, or at a second signal, is answered 503 (`app.edge.StoppedRequests`);
+the bytes an upload staged stay in the staging directory.
 
 At start, the directories the service writes are created and probed first (a wrong one stops it with a line
-naming the setting), and the store is checked once in the background: an unreachable one, or wrong keys, are
-logged as a warning right away rather than found by the first push.
+naming the setting), then the port is bound (a port in use is one line, before anything is written to the store),
+and the store is checked once in the background, alongside the rest of the start: an unreachable one, or wrong
+keys, are logged as a warning within seconds rather than found by the first push.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import tempfile
 import time
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio.to_thread
 import uvicorn
 from fastapi import FastAPI, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ShuttingDown
 from app.settings import Settings, SettingsError
@@ -32,6 +38,7 @@ if TYPE_CHECKING:
     from app.storage import Storage
 
 RETRY_AFTER_SECONDS = "1"
+FORCED_STOP_SECONDS = 5.0  # at a second signal, how long requests get to answer their 503
 
 log = logging.getLogger("storj_registry")
 
@@ -90,20 +97,47 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The service's socket, bound before anything else starts: uvicorn would bind it only after the app's start
+    (which writes the catalog page), and report a port in use as seven lines and exit 3."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SettingsError(f"cannot listen on {host}:{port}: {_bind_problem(exc, port)}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _bind_problem(exc: OSError, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "another process uses this port (choose another with --port or REGISTRY_LISTEN_PORT)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "not an address of this machine (--host or REGISTRY_LISTEN_HOST)"
+    if exc.errno == errno.EACCES:
+        return f"port {port} needs privileges this process lacks (choose one above 1023)"
+    return _reason(exc)
+
+
 async def warn_if_store_unusable(storage: Storage) -> None:
     """Check the store once, in the background, and say loudly when it fails: the service still starts (the
-    store may come back), but an operator should not learn of wrong keys from the first push's 503."""
+    store may come back), but an operator should not learn of wrong keys from the first push's 503.
+
+    The sentence is the one `/readyz` shows and a push's 503 carries; other parts meeting the same fault later
+    log it at DEBUG only (`app.observability.OneWarningPerCause`).
+    """
     from app.storage import StorageFault
-    from app.storage.faults import describe
+    from app.storage.faults import UNUSABLE, describe, notices
 
     try:
         await anyio.to_thread.run_sync(storage.check, abandon_on_cancel=True)
-        return
     except StorageFault as exc:
-        problem = f"{describe(exc)} ({exc})"
-    except KeyError:  # the S3 backend's answer to a missing bucket
-        problem = "the bucket does not exist"
-    log.warning("the store is not usable: %s; serving anyway: /readyz answers 503 and pushes fail until it is", problem)
+        problem = describe(exc)
+        if notices.first(problem):
+            log.warning(UNUSABLE, problem)
 
 
 class DrainingServer(uvicorn.Server):
@@ -125,14 +159,32 @@ class DrainingServer(uvicorn.Server):
         self.store_check: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets)
+        """The store check first, so that its warning does not wait for the app's start (the page, the warm-up)."""
         if self.storage is not None:
             self.store_check = asyncio.create_task(warn_if_store_unusable(self.storage))
+        await super().startup(sockets)
+        if self.started:
+            scheme = "https" if self.config.ssl else "http"
+            host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+            log.info("listening on %s://%s:%d (Ctrl-C stops)", scheme, host, self.config.port)
 
     async def shutdown(self, sockets: Any = None) -> None:
         if self.store_check is not None:
             self.store_check.cancel()
         await super().shutdown(sockets)
+        if self.force_exit:
+            await self._answer_the_rest()
+
+    async def _answer_the_rest(self) -> None:
+        """At a second signal uvicorn stops waiting: cancel what still runs, so each request answers its 503 now
+        (rather than a 500 when the event loop closes)."""
+        running = list(self.server_state.tasks)
+        if not running:
+            return
+        log.warning("stopping now: %d request(s) still running are answered 503", len(running))
+        for task in running:
+            task.cancel()
+        await asyncio.wait(running, timeout=FORCED_STOP_SECONDS)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """First signal: start draining and stop later. Second signal: stop now."""
@@ -160,14 +212,70 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(app: FastAPI, settings: Settings, *, log_level: str = "info", **uvicorn_options: Any) -> None:
-    """Run `app` until SIGTERM/SIGINT with a graceful stop; uvicorn logs through ours (`configure_logging`)."""
+class QuietForcedStop:
+    """The app as uvicorn runs it: a lifespan that a forced stop cancels ends without a traceback.
+
+    At a second signal uvicorn skips the app's shutdown, and the event loop's end cancels the lifespan: it still
+    runs its `finally` (writes in flight finish), but Starlette reports the cancellation as a failure whose message
+    is a traceback. That message, and only for a cancellation, is left empty.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        cancelled = False
+
+        async def watched() -> Message:
+            nonlocal cancelled
+            try:
+                return await receive()
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
+
+        async def quiet(message: Message) -> None:
+            if cancelled and message["type"].endswith(".failed"):
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, watched, quiet)
+
+
+class StopInWords(logging.Filter):
+    """uvicorn's lines about requests its stop cut short, as one warning in the service's words."""
+
+    rewrites: ClassVar[dict[str, str]] = {
+        "Cancel %s running task(s), timeout graceful shutdown exceeded": (
+            "REGISTRY_SHUTDOWN_GRACE_SECONDS ran out: %s request(s) still running are answered 503 "
+            "(the bytes an upload staged are kept)"
+        ),
+        "ASGI callable returned without completing response.": "a response in progress was cut short by the stop",
+    }
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        words = self.rewrites.get(str(record.msg))
+        if words is not None:
+            record.msg, record.levelno, record.levelname = words, logging.WARNING, "WARNING"
+        return True
+
+
+def serve(
+    app: FastAPI, settings: Settings, sock: socket.socket, *, log_level: str = "info", **uvicorn_options: Any
+) -> None:
+    """Run `app` on `sock` until SIGTERM/SIGINT with a graceful stop; uvicorn logs through ours
+    (`configure_logging`). `uvicorn_options` carry `host` and `port` for the messages only: `sock` is bound."""
     config = uvicorn.Config(
-        app,
+        QuietForcedStop(app),
         log_config=None,
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         **uvicorn_options,
     )
-    DrainingServer(config, drain_of(app), settings.shutdown_drain_seconds, app.state.registry.storage).run()
+    logging.getLogger("uvicorn.error").addFilter(StopInWords())
+    server = DrainingServer(config, drain_of(app), settings.shutdown_drain_seconds, app.state.registry.storage)
+    server.run(sockets=[sock])

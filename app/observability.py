@@ -25,7 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, STORAGE_ERRORS, STORAGE_REQUESTS, STORAGE_RETRIES
 from app.registry.references import DIGEST_RE, TAG_RE, is_name
-from app.storage import Storage
+from app.storage import Storage, StorageFault
+from app.storage.faults import UNUSABLE, describe, notices
 from app.storage.filesystem import FilesystemStorage
 from app.storage.s3 import S3Storage
 
@@ -208,11 +209,37 @@ class TextFormatter(logging.Formatter):
         return f"{line} {extras}" if extras else line
 
 
+class OneWarningPerCause(logging.Filter):
+    """One warning per store fault, in the words of `/readyz`, whichever part of the service meets it first.
+
+    One unreachable store used to log a warning from each part that met it (the page, the warm-up, the gc watch
+    every few seconds, each failed push), in botocore's words. The first becomes the service's sentence
+    (`app.storage.faults.UNUSABLE`); the fault told (`notices`), the others are demoted to DEBUG.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fault = _storage_fault(record)
+        if record.levelno < logging.WARNING or fault is None:
+            return True
+        cause = describe(fault)
+        if notices.first(cause):
+            record.msg, record.args = UNUSABLE, (cause,)
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _storage_fault(record: logging.LogRecord) -> StorageFault | None:
+    args = record.args.values() if isinstance(record.args, dict) else record.args or ()
+    return next((arg for arg in args if isinstance(arg, StorageFault)), None)
+
+
 def configure_logging(log_format: LogFormat, level: str = "info") -> None:
     """Send every logger (ours and uvicorn's) through one stderr handler in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(OneWarningPerCause())
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
@@ -239,11 +266,12 @@ def instrument_storage(storage: Storage) -> None:
     registry in tests) a no-op.
     """
     if isinstance(storage, S3Storage):
-        events = storage.client.meta.events
-        events.register("before-send.s3", _count_request, unique_id="storj-registry-requests")
-        events.register("request-created.s3", _count_retry, unique_id="storj-registry-retries")
-        events.register("after-call.s3", _count_error_answer, unique_id="storj-registry-error-answers")
-        events.register("after-call-error.s3", _count_failure, unique_id="storj-registry-failures")
+        for client in (storage.client, storage.checker):
+            events = client.meta.events
+            events.register("before-send.s3", _count_request, unique_id="storj-registry-requests")
+            events.register("request-created.s3", _count_retry, unique_id="storj-registry-retries")
+            events.register("after-call.s3", _count_error_answer, unique_id="storj-registry-error-answers")
+            events.register("after-call-error.s3", _count_failure, unique_id="storj-registry-failures")
     elif isinstance(storage, FilesystemStorage) and not getattr(storage, "_counted", False):
         for operation in FILESYSTEM_CALLS:
             setattr(storage, operation, _counted(operation, getattr(storage, operation)))

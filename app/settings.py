@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
@@ -12,6 +16,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+PREFIX = "REGISTRY_"
+ENV_FILE = ".env"
+STORJ_GATEWAY = "https://gateway.storjshare.io"
+SETTINGS_DOC = "docs/settings.md"
+# What Kubernetes sets in every pod of a namespace holding a Service named `registry` (service links): not ours.
+KUBERNETES_SERVICE_LINK = re.compile(r"REGISTRY_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?)")
 
 
 class OidcIssuer(BaseModel):
@@ -59,7 +70,7 @@ class EventEndpoint(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REGISTRY_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_file=ENV_FILE, extra="ignore")
 
     # Where `serve` listens (its --host and --port override these). Not REGISTRY_PORT: Kubernetes sets that to
     # `tcp://…` in every pod of a namespace holding a Service named `registry`.
@@ -70,7 +81,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     staging_dir: Path = Path("./staging")
 
-    s3_endpoint: str = "https://gateway.storjshare.io"
+    s3_endpoint: str = STORJ_GATEWAY
     s3_bucket: str = ""
     s3_prefix: str = ""
     s3_access_key: str = ""
@@ -83,6 +94,9 @@ class Settings(BaseSettings):
     public_url: str = ""
     max_manifest_bytes: int = Field(default=4 * MiB, ge=1024)
     max_manifest_descriptors: int = Field(default=1000, ge=1)
+    # Hosts a manifest's descriptor `urls` may name (comma-separated; empty: a manifest with `urls` is refused);
+    # a non-distributable layer with such urls need not be in the repository (see app/registry/formats.py).
+    manifest_urls_allow: Annotated[frozenset[str], NoDecode] = frozenset()
     # Accept an index or manifest whose children or blobs are absent (a mirror of one platform of an index).
     sparse_manifests: bool = False
     delete_enabled: bool = False
@@ -131,6 +145,12 @@ class Settings(BaseSettings):
     share_min_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
     publish_in_background: bool = True
 
+    @field_validator("storage", "log_format", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        """`REGISTRY_STORAGE=S3` means s3: these are names of things, not case-sensitive words."""
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("s3_prefix")
     @classmethod
     def _normalise_prefix(cls, value: str) -> str:
@@ -159,6 +179,19 @@ class Settings(BaseSettings):
             return tuple(ip_network(part, strict=False) for part in value)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"must be comma-separated addresses or CIDRs ({exc})") from None
+
+    @field_validator("manifest_urls_allow", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        """`cdn.example.com, mcr.microsoft.com`: host names, compared with a URL's host in lower case."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple | set | frozenset) or not all(isinstance(h, str) for h in value):
+            raise ValueError("must be comma-separated host names")
+        hosts = frozenset(host.lower() for host in value)
+        if any(not HOST_NAME.fullmatch(host) for host in hosts):
+            raise ValueError("must be comma-separated host names (no scheme, port or path)")
+        return hosts
 
     @model_validator(mode="after")
     def _auth_is_coherent(self) -> Settings:
@@ -237,3 +270,56 @@ def load_settings(**overrides: object) -> Settings:
             name += "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in inside)  # in a JSON value
             lines.append(f"{name}: {error['msg']}")
         raise SettingsError("invalid configuration: " + "; ".join(lines)) from None
+
+
+def variable_names() -> list[str]:
+    """Every REGISTRY_* variable a setting reads."""
+    return sorted(f"{PREFIX}{name.upper()}" for name in Settings.model_fields)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None, env_file: Path = Path(ENV_FILE)) -> list[str]:
+    """A sentence for each REGISTRY_* variable that no setting reads, with the closest known name.
+
+    Settings ignore unknown variables, so `REGISTRY_STORGE=s3` would otherwise leave the filesystem store in use
+    without a word. Kubernetes' service-link variables (`REGISTRY_PORT=tcp://…`) are not ours and pass unremarked.
+    """
+    environ = os.environ if environ is None else environ
+    found = [(name, "") for name in environ if name.upper().startswith(PREFIX)]
+    found = [(name, where) for name, where in found if not KUBERNETES_SERVICE_LINK.fullmatch(name.upper())]
+    found += [(name, f" in {env_file}") for name in _dotenv_names(env_file)]
+    known = [name.removeprefix(PREFIX) for name in variable_names()]
+    sentences = []
+    for name, where in found:
+        suffix = name.upper().removeprefix(PREFIX)
+        if suffix in known:
+            continue
+        close = difflib.get_close_matches(suffix, known, n=1)  # without the prefix, which every name shares
+        hint = f" (did you mean {PREFIX}{close[0]}?)" if close else f" (the settings are listed in {SETTINGS_DOC})"
+        sentences.append(f"{name}{where} is not a setting and is ignored{hint}")
+    return sentences
+
+
+def _dotenv_names(env_file: Path) -> list[str]:
+    from dotenv import dotenv_values  # pydantic-settings reads .env with it too
+
+    if not env_file.is_file():
+        return []
+    return [name for name in dotenv_values(env_file) if name.upper().startswith(PREFIX)]
+
+
+def store_line(settings: Settings) -> str:
+    """Where this process reads and writes, in one line: the store, the staging directory, the public URL."""
+    staging = f"staging {settings.staging_dir.resolve()}"
+    public = f"public URL {settings.public_url}" if settings.public_url else "no public URL (REGISTRY_PUBLIC_URL)"
+    return f"store: {store_location(settings)}; {staging}; {public}"
+
+
+def store_location(settings: Settings) -> str:
+    """The store in words: the data directory's absolute path, or the endpoint, bucket and prefix."""
+    if settings.storage == "filesystem":
+        return f"filesystem {settings.data_dir.resolve()}"
+    prefix = f" prefix {settings.s3_prefix}/" if settings.s3_prefix else ""
+    endpoint = settings.s3_endpoint
+    if "s3_endpoint" not in settings.model_fields_set:
+        endpoint += " (REGISTRY_S3_ENDPOINT not set: Storj's public gateway)"
+    return f"s3 bucket {settings.s3_bucket}{prefix} at {endpoint}"

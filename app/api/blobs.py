@@ -77,6 +77,6 @@ async def delete_blob(name: str, digest: str, request: Request, registry: Regist
     check_name(name)
     check_digest(digest)
     if not registry.settings.delete_enabled:
-        raise Unsupported("deletes are disabled on this registry")
+        raise Unsupported("deletes are disabled on this registry (set REGISTRY_DELETE_ENABLED=true to allow them)")
     await registry.blobs.delete(name, digest)
     return Response(status_code=202)

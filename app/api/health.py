@@ -17,7 +17,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.lifecycle import drain_of
-from app.storage import Storage
+from app.storage import Storage, StorageFault
+from app.storage.faults import describe, notices
 
 # Below the chart's readiness probe timeout (5 s), so the probe gets our answer rather than its own timeout.
 READY_TIMEOUT_SECONDS = 4.0
@@ -73,8 +74,19 @@ class Readiness:
         except TimeoutError:
             return f"no answer within {self.timeout:g} s"
         except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"[:MAX_PROBLEM_CHARS]
+            return problem(exc)[:MAX_PROBLEM_CHARS]
+        if name == "storage":
+            notices.clear()  # the store answers: its next fault is news to the log
         return "ok"
+
+
+def problem(exc: Exception) -> str:
+    """The sentence the log uses for the same fault (app.storage.faults), never a raw exception."""
+    if isinstance(exc, StorageFault):
+        return describe(exc)
+    if isinstance(exc, OSError):
+        return f"the staging directory is not writable ({exc.strerror or type(exc).__name__})"
+    return f"the check failed ({type(exc).__name__})"
 
 
 def check_writable(directory: Path) -> None:

@@ -86,6 +86,6 @@ async def delete_manifest(name: str, reference: str, request: Request, registry:
     check_name(name)
     check_reference(reference)
     if not registry.settings.delete_enabled:
-        raise Unsupported("deletes are disabled on this registry")
+        raise Unsupported("deletes are disabled on this registry (set REGISTRY_DELETE_ENABLED=true to allow them)")
     await registry.manifests.delete(name, reference)
     return Response(status_code=202)

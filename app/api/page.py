@@ -22,7 +22,10 @@ from app.registry.catalog_page import CatalogPage
 from app.registry.purging import in_background
 from app.storage import StorageFault
 
-START_WAIT_SECONDS = 10.0  # start-up waits this long for the store; a slower store gets the page in the background
+# Start-up waits this long for the page (a store that answers has it written by then: one read, or three writes);
+# a slower or unreachable store gets it in the background, and `/` writes it first when asked before. Longer would
+# hold the start (and the listening port) hostage to the store's timeouts: it was 10 s.
+START_WAIT_SECONDS = 1.0
 ASSET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 log = logging.getLogger("storj_registry")

@@ -7,8 +7,10 @@ access rules file (app.auth.access), never by the token alone: any GitHub reposi
 GitHub's issuer, for any audience it likes.
 
 An issuer's keys come from its discovery document (`/.well-known/openid-configuration` -> `jwks_uri`) or from a
-local JWKS file. They are kept, and read again only when a token names a `kid` not among them (the issuer rotated
-its keys), at most once per `refresh_seconds`: requests never wait on the issuer once its keys are known, and
+local JWKS file. Keys travel over https only: a `jwks_uri` on plain `http://` is refused unless its host is a
+loopback address (an issuer on the same machine, as in tests), like the issuer URL itself (app.settings). Keys
+are kept, and read again only when a token names a `kid` not among them (the issuer rotated its keys), at most
+once per `refresh_seconds`: requests never wait on the issuer once its keys are known, and
 tokens with invented kids cannot make the service hammer it.
 """
 
@@ -23,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.error import URLError
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 import jwt
@@ -36,7 +39,7 @@ from app.auth.tokens import (
     keys_by_id,
     load_jwks,
 )
-from app.settings import OidcIssuer
+from app.settings import LOOPBACK_HOSTS, OidcIssuer
 
 OIDC_USER = "oidc"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -142,8 +145,16 @@ class IssuerKeys:
         uri = document.get("jwks_uri")
         if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
             raise KeySourceError(f"discovery {url} names no jwks_uri")
+        if not _travels_safely(uri):
+            raise KeySourceError(f"discovery {url} names keys fetched over plain http ({uri[:200]}): use https")
         self._jwks_uri = uri
         return uri
+
+
+def _travels_safely(uri: str) -> bool:
+    """https, or http to a loopback host: keys fetched over plain http elsewhere could be swapped on the way."""
+    parts = urlsplit(uri)
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS)
 
 
 class OidcVerifier:
@@ -158,10 +169,11 @@ class OidcVerifier:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"not a JWT: {exc}") from None
-        keys = self.issuers.get(unverified.get("iss"))  # type: ignore[arg-type]
+        issuer, algorithm = unverified.get("iss"), header.get("alg")  # any JSON: an array is unhashable
+        keys = self.issuers.get(issuer) if isinstance(issuer, str) else None
         if keys is None:
             raise InvalidToken("the token's issuer is not trusted here")
-        if header.get("alg") not in ASYMMETRIC_ALGORITHMS:
+        if not isinstance(algorithm, str) or algorithm not in ASYMMETRIC_ALGORITHMS:
             raise InvalidToken("the token must be signed with the issuer's private key (RS*, PS*, ES*, EdDSA)")
         kid = header.get("kid")
         key = await keys.key_for(kid if isinstance(kid, str) else "")

@@ -28,6 +28,7 @@ from app.mirror.source import Fetched, Source, SourceError
 from app.registry import Registry
 from app.registry.blobs import SharingPolicy
 from app.registry.formats import INDEXES, Descriptor, Manifest, parse_manifest
+from app.registry.references import DIGEST_RE
 from app.registry.uploads import Body
 
 BLOB_CONCURRENCY = 4
@@ -82,9 +83,10 @@ class Platform:
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
     def matches(self, descriptor: dict[str, Any]) -> bool:
-        platform = descriptor.get("platform") or {}
+        platform = descriptor.get("platform")
         return (
-            platform.get("os") == self.os
+            isinstance(platform, dict)
+            and platform.get("os") == self.os
             and platform.get("architecture") == self.architecture
             and (self.variant is None or platform.get("variant") == self.variant)
         )
@@ -106,7 +108,7 @@ class Copier:
 
     async def copy(self, source: Source, reference: str, name: str, tag: str | None) -> str:
         """Copy `reference` of `source` to `name` (under `tag`, else by digest); returns the digest copied."""
-        fetched = await self._chosen(source, await source.manifest(reference))
+        fetched = await self._chosen(source, await self._fetch(source, reference))
         await self._manifest(source, name, fetched, tag)
         return fetched.digest
 
@@ -118,8 +120,8 @@ class Copier:
         entries = json.loads(fetched.body).get("manifests") or []
         for entry in entries:
             if self.platform.matches(entry):
-                return await source.manifest(entry["digest"], entry.get("mediaType"))
-        offered = sorted({str(Platform(**_platform_fields(entry))) for entry in entries if entry.get("platform")})
+                return await self._fetch(source, entry["digest"], entry.get("mediaType"))
+        offered = sorted({str(_platform_of(entry)) for entry in entries if isinstance(entry.get("platform"), dict)})
         raise SourceError(f"no image for {self.platform} in {fetched.digest} (it has: {', '.join(offered)})")
 
     async def _manifest(self, source: Source, name: str, fetched: Fetched, tag: str | None) -> None:
@@ -129,7 +131,7 @@ class Copier:
             self.events.manifest_finished(name, fetched.digest, "present")
         else:
             for child in manifest.children:
-                await self._manifest(source, name, await source.manifest(child.digest, child.media_type), None)
+                await self._manifest(source, name, await self._fetch(source, child.digest, child.media_type), None)
             blobs = {blob.digest: blob for blob in manifest.blobs if not blob.external}
             await asyncio.gather(*(self._blob(source, name, blob) for blob in blobs.values()))
             await self.registry.manifests.put(name, tag or fetched.digest, fetched.body, fetched.media_type)
@@ -145,7 +147,16 @@ class Copier:
             return
         self._walked.add((name, digest))
         for entry in await source.referrers(digest):
-            await self._manifest(source, name, await source.manifest(entry["digest"], entry.get("mediaType")), None)
+            referrer = entry.get("digest")
+            if not isinstance(referrer, str) or not DIGEST_RE.fullmatch(referrer):
+                raise SourceError(f"{source.describe()}: a referrer of {digest} has no valid digest")
+            media_type = entry.get("mediaType")
+            fetched = await self._fetch(source, referrer, media_type if isinstance(media_type, str) else None)
+            await self._manifest(source, name, fetched, None)
+
+    async def _fetch(self, source: Source, reference: str, media_type: str | None = None) -> Fetched:
+        """A manifest of the source, within the size a push to the registry may have."""
+        return await source.manifest(reference, media_type, limit=self.registry.settings.max_manifest_bytes)
 
     async def _published(self, name: str, fetched: Fetched, manifest: Manifest, tag: str | None) -> bool:
         """Whether `Manifests.put` of this manifest already ran to its end (read-only checks, cheapest first)."""
@@ -225,10 +236,8 @@ class Copier:
 ANYWHERE = SharingPolicy()  # the copier writes with the bucket's own credentials: any repository may lend a blob
 
 
-def _platform_fields(entry: dict[str, Any]) -> dict[str, Any]:
+def _platform_of(entry: dict[str, Any]) -> Platform:
+    """An index entry's platform, for messages (whatever JSON an upstream put there)."""
     platform = entry["platform"]
-    return {
-        "os": platform.get("os", "?"),
-        "architecture": platform.get("architecture", "?"),
-        "variant": platform.get("variant"),
-    }
+    variant = platform.get("variant")
+    return Platform(str(platform.get("os", "?")), str(platform.get("architecture", "?")), variant and str(variant))

@@ -81,11 +81,18 @@ class Archive:
 Files = Directory | Archive
 
 
-def read_small(files: Files, name: str) -> bytes:
+def read_small(files: Files, name: str, limit: int = MAX_SMALL_FILE) -> bytes:
+    """A whole small file; one larger than `limit` bytes is refused, having read no more than that."""
     extent = files.extent(name)
-    with extent.path.open("rb") as handle:
-        handle.seek(extent.offset)
-        data = handle.read(MAX_SMALL_FILE if extent.length is None else min(extent.length, MAX_SMALL_FILE))
+    wanted = limit + 1 if extent.length is None else min(extent.length, limit + 1)
+    try:
+        with extent.path.open("rb") as handle:
+            handle.seek(extent.offset)
+            data = handle.read(wanted)
+    except OSError as exc:
+        raise SourceError(f"cannot read {name}: {exc}") from exc
+    if len(data) > limit:
+        raise SourceError(f"{name} is larger than {limit} bytes")
     return data
 
 

@@ -7,9 +7,11 @@ the others go on; only an unreachable bucket stops everything (app.storage.Stora
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from app.cli import interrupts_held
 from app.errors import RegistryError
 from app.mirror.copier import Copier, Tally
 from app.mirror.layouts import open_local
@@ -18,6 +20,7 @@ from app.mirror.source import Source, SourceError
 from app.registry.references import DIGEST_RE, check_name, check_tag
 
 LOCAL_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class UsageError(Exception):
@@ -81,11 +84,21 @@ async def run_job(
         if tag is None and not DIGEST_RE.fullmatch(reference):
             tag = reference
         outcome.destination = f"{name}:{tag}" if tag else name
+        _check_offered(reference, tag)
         outcome.digest = await copier.copy(source, reference, name, tag)
     except (SourceError, RegistryError) as exc:
-        outcome.error = str(exc) if isinstance(exc, SourceError) else f"{exc.code}: {exc.message} {exc.detail or ''}"
+        outcome.error = str(exc) if isinstance(exc, SourceError) else describe_refusal(exc)
     outcome.tally = _difference(copier.tally, before)
     return outcome
+
+
+def _check_offered(reference: str, tag: str | None) -> None:
+    """A reference or tag a source offers (an OCI layout's ref name, `RepoTags`, a tags list) is checked before
+    anything is fetched or written: `../../other/manifests/v1` is no tag, and no key may be built from it."""
+    if not DIGEST_RE.fullmatch(reference):
+        check_tag(reference)
+    if tag is not None:
+        check_tag(tag)
 
 
 def _difference(after: Tally, before: Tally) -> Tally:
@@ -93,7 +106,16 @@ def _difference(after: Tally, before: Tally) -> Tally:
 
 
 def summarise(outcomes: list[Outcome], json_output: bool, out: TextIO) -> None:
-    """The summary on stdout: one line per job and a total, or one JSON document."""
+    """The summary on stdout: one line per job and a total, or one JSON document.
+
+    The work is done by now: a Ctrl-C arriving while the summary prints is held back, so it cannot print success
+    and still end the command as interrupted (exit 130).
+    """
+    with interrupts_held():
+        _print_summary(outcomes, json_output, out)
+
+
+def _print_summary(outcomes: list[Outcome], json_output: bool, out: TextIO) -> None:
     total = Tally()
     for outcome in outcomes:
         total.add(outcome.tally)
@@ -103,12 +125,31 @@ def summarise(outcomes: list[Outcome], json_output: bool, out: TextIO) -> None:
         print(json.dumps(document, indent=2), file=out)
         return
     for outcome in outcomes:
-        if outcome.ok:
-            done = f"copied {outcome.source} -> {outcome.destination} {outcome.digest}"
-            print(f"{done}: {describe(outcome.tally)}", file=out)
-        else:
-            print(f"FAILED {outcome.source} -> {outcome.destination}: {outcome.error}", file=out)
-    print(f"{len(outcomes) - failed} copied, {failed} failed; {describe(total)}", file=out)
+        print(job_line(outcome), file=out)
+    if outcomes and not failed and total.writes == 0:
+        print(f"up to date: {len(outcomes)} image(s) already in the bucket, nothing written", file=out)
+    else:
+        print(f"{len(outcomes) - failed} copied, {failed} failed; {describe(total)}", file=out)
+
+
+def job_line(outcome: Outcome) -> str:
+    """One line, whatever the source named: its control characters are escaped (see `one_line`)."""
+    source, destination = one_line(outcome.source), one_line(outcome.destination)
+    if not outcome.ok:
+        return f"FAILED {source} -> {destination}: {one_line(outcome.error or '')}"
+    if outcome.tally.writes == 0:
+        return f"up to date {source} -> {destination} {outcome.digest}"
+    return f"copied {source} -> {destination} {outcome.digest}: {describe(outcome.tally)}"
+
+
+def describe_refusal(error: RegistryError) -> str:
+    detail = f" {json.dumps(error.detail)}" if error.detail is not None else ""
+    return f"{error.code}: {error.message}{detail}"
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped: a tag or message from a source cannot forge a summary line."""
+    return CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
 
 
 def describe(tally: Tally) -> str:

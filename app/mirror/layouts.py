@@ -35,6 +35,26 @@ def declared_type(body: bytes) -> str | None:
     return media_type if isinstance(media_type, str) else None
 
 
+def _check_entry(entry: Any, what: str) -> None:
+    """An entry of index.json as the copier reads it: a digest, and a media type and annotations of strings.
+
+    Its ref name is checked as a tag only when it is copied (`app.mirror.jobs`): one bad name leaves the others
+    of the layout usable.
+    """
+    digest = entry.get("digest") if isinstance(entry, dict) else None
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+        raise SourceError(f"{what} has no valid digest")
+    annotations = entry.get("annotations") or {}
+    if not isinstance(annotations, dict) or not all(isinstance(value, str) for value in annotations.values()):
+        raise SourceError(f"{what}: annotations must map strings to strings")
+    if not isinstance(entry.get("mediaType") or "", str):
+        raise SourceError(f"{what}: mediaType must be a string")
+
+
+def _ref_name(entry: dict[str, Any]) -> str | None:
+    return (entry.get("annotations") or {}).get(REF_NAME)
+
+
 class OciLayout:
     """`oci:DIR[:REF]` and `oci-archive:FILE[:REF]`: REF is a `org.opencontainers.image.ref.name` or a digest."""
 
@@ -45,6 +65,8 @@ class OciLayout:
         self.index = read_json(files, "index.json")
         if not isinstance(self.index, dict) or not isinstance(self.index.get("manifests"), list):
             raise SourceError(f"{label}: index.json lists no manifests")
+        for position, entry in enumerate(self.index["manifests"]):
+            _check_entry(entry, f"{label}: index.json manifests[{position}]")
         self._subjects: dict[str, list[dict[str, Any]]] | None = None
 
     def describe(self) -> str:
@@ -56,25 +78,25 @@ class OciLayout:
         entries = self.index["manifests"]
         if len(entries) != 1:
             raise SourceError(f"{self.label} holds {len(entries)} images: name one (tags: {', '.join(self._names())})")
-        return entries[0].get("annotations", {}).get(REF_NAME) or entries[0]["digest"]
+        return _ref_name(entries[0]) or entries[0]["digest"]
 
     def _names(self) -> list[str]:
-        return [entry.get("annotations", {}).get(REF_NAME, "") for entry in self.index["manifests"]]
+        return [_ref_name(entry) or "" for entry in self.index["manifests"]]
 
     def _entry(self, reference: str) -> dict[str, Any] | None:
         key = "digest" if DIGEST_RE.fullmatch(reference) else None
         for entry in self.index["manifests"]:
-            value = entry.get("digest") if key else entry.get("annotations", {}).get(REF_NAME)
+            value = entry.get("digest") if key else _ref_name(entry)
             if value == reference:
                 return entry
         return None
 
-    async def manifest(self, reference: str, media_type: str | None = None) -> Fetched:
+    async def manifest(self, reference: str, media_type: str | None = None, *, limit: int) -> Fetched:
         entry = self._entry(reference)
         if entry is None and not DIGEST_RE.fullmatch(reference):
             raise SourceError(f"{self.label} has no image named {reference!r} (tags: {', '.join(self._names())})")
         digest = entry["digest"] if entry else reference
-        body = await anyio.to_thread.run_sync(read_small, self.files, blob_name(digest))
+        body = await anyio.to_thread.run_sync(read_small, self.files, blob_name(digest), limit)
         return checked(body, media_type or (entry or {}).get("mediaType") or declared_type(body), digest)
 
     def blob(self, digest: str) -> Any:
@@ -91,8 +113,8 @@ class OciLayout:
         for entry in self.index["manifests"]:
             if entry.get("mediaType") not in IMAGE_MANIFESTS:
                 continue
-            document = json.loads(read_small(self.files, blob_name(entry["digest"])))
-            subject = document.get("subject")
+            document = read_json(self.files, blob_name(entry["digest"]))
+            subject = document.get("subject") if isinstance(document, dict) else None
             if isinstance(subject, dict) and isinstance(subject.get("digest"), str):
                 found.setdefault(subject["digest"], []).append(entry)
         return found
@@ -118,6 +140,8 @@ class DockerArchive:
         entries = read_json(archive, "manifest.json")
         if not isinstance(entries, list) or not entries:
             raise SourceError(f"{label}: manifest.json lists no image")
+        for position, entry in enumerate(entries):
+            _check_saved(entry, f"{label}: manifest.json [{position}]")
         self.entry = self._choose(entries, reference)
         self.repo_tags: list[str] = self.entry.get("RepoTags") or []
         self.reference = reference
@@ -138,7 +162,7 @@ class DockerArchive:
 
     def _layers(self) -> dict[str, Extent]:
         """Each layer's digest (its diff ID, as the config lists it) and where its bytes are."""
-        diff_ids = json.loads(self.config).get("rootfs", {}).get("diff_ids") or []
+        diff_ids = _diff_ids(self.config, f"{self.label}: {self.config_name}")
         paths = self.entry.get("Layers") or []
         if len(diff_ids) != len(paths):
             raise SourceError(f"{self.label}: the config lists {len(diff_ids)} layers, manifest.json {len(paths)}")
@@ -172,8 +196,8 @@ class DockerArchive:
         tag = (self.reference or (self.repo_tags[0] if self.repo_tags else "")).rpartition(":")[2]
         return tag or self.built.digest
 
-    async def manifest(self, reference: str, media_type: str | None = None) -> Fetched:
-        """The built manifest, asked for by its digest or one of its tags."""
+    async def manifest(self, reference: str, media_type: str | None = None, *, limit: int) -> Fetched:
+        """The built manifest, asked for by its digest or one of its tags (a few hundred bytes: `limit` holds)."""
         if reference in (self.built.digest, self.default_reference()) or reference in await self.tags():
             return self.built
         raise SourceError(
@@ -196,6 +220,28 @@ class DockerArchive:
 
     async def aclose(self) -> None:
         return None
+
+
+def _check_saved(entry: Any, what: str) -> None:
+    """An image of `docker save`'s manifest.json: a config path, and lists of strings for its tags and layers."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str):
+        raise SourceError(f"{what} names no config")
+    for key in ("RepoTags", "Layers"):
+        value = entry.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise SourceError(f"{what}: {key} must be a list of strings")
+
+
+def _diff_ids(config: bytes, what: str) -> list[str]:
+    """The layer digests an image config lists (`rootfs.diff_ids`)."""
+    try:
+        rootfs = json.loads(config).get("rootfs") or {}
+        diff_ids = rootfs.get("diff_ids") or []
+    except (ValueError, AttributeError) as exc:
+        raise SourceError(f"{what} is not an image config") from exc
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) and DIGEST_RE.fullmatch(d) for d in diff_ids):
+        raise SourceError(f"{what}: rootfs.diff_ids must be a list of digests")
+    return diff_ids
 
 
 def normalise(reference: str) -> str:

@@ -42,8 +42,11 @@ class Source(Protocol):
     def default_reference(self) -> str | None:
         """The reference the user named (a tag or a digest), or None when the source holds a single image."""
 
-    async def manifest(self, reference: str, media_type: str | None = None) -> Fetched:
-        """The manifest under a tag or digest; `media_type` is the type its parent descriptor declares."""
+    async def manifest(self, reference: str, media_type: str | None = None, *, limit: int) -> Fetched:
+        """The manifest under a tag or digest; `media_type` is the type its parent descriptor declares.
+
+        One larger than `limit` bytes (the registry's `max_manifest_bytes`) is refused before more is read.
+        """
 
     def blob(self, digest: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """The blob's bytes as a stream of chunks (never the whole blob in memory)."""

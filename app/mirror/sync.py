@@ -30,6 +30,7 @@ from app.mirror.jobs import Outcome, UsageError, open_source, parse_destination,
 from app.mirror.remote import RemoteOptions, parse_remote
 from app.mirror.source import Source, SourceError
 from app.registry import Registry
+from app.registry.references import TAG_RE
 
 VERSION_RE = re.compile(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 
@@ -51,6 +52,14 @@ class Mirror(BaseModel):
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, value: list[str]) -> list[str]:
+        invalid = [tag for tag in value if not TAG_RE.fullmatch(tag)]
+        if invalid:
+            raise ValueError(f"not tags: {', '.join(repr(tag[:130]) for tag in invalid)}")
+        return value
 
     @field_validator("tag_regex")
     @classmethod
@@ -98,14 +107,75 @@ class SyncConfig(BaseModel):
 
 
 def load_config(path: Path) -> SyncConfig:
+    """The configuration, or a UsageError of one line naming the file, the line and the key that is wrong."""
     try:
-        config = SyncConfig.model_validate(yaml.safe_load(path.read_text()))
-        for mirror in config.mirrors:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UsageError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    try:
+        config = SyncConfig.model_validate(document)
+    except ValidationError as exc:
+        raise UsageError(_first_mistake(path, text, exc)) from None
+    for index, mirror in enumerate(config.mirrors):
+        try:
             for destination in mirror.destinations():
                 parse_destination(destination)
-    except (OSError, yaml.YAMLError, ValidationError, ValueError, UsageError) as exc:
-        raise UsageError(f"{path}: {exc}") from exc
+        except (ValueError, UsageError) as exc:
+            raise UsageError(_located(path, text, ("mirrors", index, "destination"), str(exc))) from None
     return config
+
+
+def _first_mistake(path: Path, text: str, error: ValidationError) -> str:
+    """pydantic's first complaint, in words, at its line (the others show once it is fixed)."""
+    first = error.errors()[0]
+    location = tuple(first["loc"])
+    if first["type"] == "extra_forbidden":
+        model = Mirror if len(location) > 1 else SyncConfig
+        message = (
+            f"not a key of {'a mirror' if model is Mirror else 'the file'} (keys: {', '.join(model.model_fields)})"
+        )
+    elif first["type"] == "missing":
+        message = "missing"
+    elif not location:
+        message = "the file must hold a mapping with a `mirrors:` list"
+    else:
+        message = str(first["msg"]).removeprefix("Value error, ")
+    return _located(path, text, location, message)
+
+
+def _located(path: Path, text: str, location: tuple[str | int, ...], message: str) -> str:
+    """`FILE:LINE: KEY: MESSAGE`, the key spelt as `mirrors[0].tags`."""
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
+    line = _line_of(text, location)
+    where = f"{path}:{line}" if line else str(path)
+    return f"{where}: {key}: {message}" if key else f"{where}: {message}"
+
+
+def _line_of(text: str, location: tuple[str | int, ...]) -> int | None:
+    """The line (1-based) of the key or item at `location` in the YAML text, else of the nearest one above it."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in location:
+        if isinstance(node, yaml.MappingNode):
+            found = next(((k, v) for k, v in node.value if k.value == part), None)
+            if found is None:
+                break
+            line, node = found[0].start_mark.line + 1, found[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
 
 
 def version_key(tag: str) -> tuple[int, int, int] | None:
@@ -118,10 +188,14 @@ def version_key(tag: str) -> tuple[int, int, int] | None:
 
 
 def select_tags(mirror: Mirror, available: list[str]) -> list[str]:
-    """The exact tags, plus those matching the regex, cut to the newest N versions when `newest` is set."""
-    matched = [tag for tag in available if mirror.tag_regex and re.search(mirror.tag_regex, tag)]
+    """The exact tags, plus those matching the regex, cut to the newest N versions when `newest` is set.
+
+    Only valid tags are candidates: an upstream's list may hold anything (`1.0/../../x`, numbers, objects).
+    """
+    valid = [tag for tag in available if isinstance(tag, str) and TAG_RE.fullmatch(tag)]
+    matched = [tag for tag in valid if mirror.tag_regex and re.search(mirror.tag_regex, tag)]
     if mirror.newest:
-        pool = matched if mirror.tag_regex else available
+        pool = matched if mirror.tag_regex else valid
         versions = sorted((key, tag) for tag in pool if (key := version_key(tag)) is not None)
         matched = [tag for _, tag in versions[-mirror.newest :]]
     return list(dict.fromkeys([*mirror.tags, *matched]))

@@ -147,6 +147,7 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
         events,
         settings.max_manifest_descriptors,
         sparse=settings.sparse_manifests,
+        urls_allowed=settings.manifest_urls_allow,
     )
     return Registry(
         settings=settings,

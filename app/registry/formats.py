@@ -2,21 +2,32 @@
 
 Validation is structural (what the registry must know to keep the bucket consistent): the media type, and
 well-formed descriptors for everything the manifest references. The bytes are stored exactly as received.
+
+`urls` (where else a client may fetch a blob) are taken as distribution takes them: a pushed manifest may name
+them only for hosts of an allow-list (REGISTRY_MANIFEST_URLS_ALLOW, empty by default: none), over http(s), and
+only a non-distributable layer with them is exempt from being in the repository (`Descriptor.external`); the
+config never is. Clients such as containerd fetch a descriptor's `urls` first, so unchecked ones would send
+them anywhere (`javascript:`, a cloud metadata address).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-from app.errors import ManifestInvalid
+from app.errors import ManifestBlobUnknown, ManifestInvalid
 from app.layout import OCI_INDEX
 from app.registry.references import DIGEST_RE
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+NON_DISTRIBUTABLE_PREFIX = "application/vnd.oci.image.layer.nondistributable.v1.tar"  # deprecated, still pushed
+DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 
 IMAGE_MANIFESTS = {DOCKER_MANIFEST, OCI_MANIFEST}
 INDEXES = {DOCKER_MANIFEST_LIST, OCI_INDEX}
@@ -30,7 +41,8 @@ class Descriptor:
     size: int
     artifact_type: str | None = None
     annotations: dict[str, str] | None = None
-    external: bool = False  # a foreign layer with `urls`: its bytes live elsewhere
+    external: bool = False  # a non-distributable layer with `urls`: its bytes live elsewhere
+    urls: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
@@ -110,7 +122,20 @@ def _string_map(value: Any, what: str) -> dict[str, str] | None:
     return value
 
 
-def parse_descriptor(value: Any, what: str) -> Descriptor:
+def is_non_distributable(media_type: str) -> bool:
+    return media_type.startswith(NON_DISTRIBUTABLE_PREFIX) or media_type == DOCKER_FOREIGN_LAYER
+
+
+def _urls(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(url, str) for url in value):
+        raise ManifestInvalid(f"{what} urls must be a list of strings")
+    return tuple(value)
+
+
+def parse_descriptor(value: Any, what: str, *, layer: bool = False) -> Descriptor:
+    """A descriptor; only a `layer` (of an image manifest) may be external."""
     if not isinstance(value, dict):
         raise ManifestInvalid(f"{what} must be a descriptor object")
     media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
@@ -123,14 +148,15 @@ def parse_descriptor(value: Any, what: str) -> Descriptor:
     artifact_type = value.get("artifactType")
     if artifact_type is not None and not isinstance(artifact_type, str):
         raise ManifestInvalid(f"{what} has an invalid artifactType")
-    urls = value.get("urls")
+    urls = _urls(value.get("urls"), what)
     return Descriptor(
         media_type=media_type,
         digest=digest,
         size=size,
         artifact_type=artifact_type,
         annotations=_string_map(value.get("annotations"), f"{what} annotations"),
-        external=bool(urls),
+        external=layer and bool(urls) and is_non_distributable(media_type),
+        urls=urls,
     )
 
 
@@ -140,7 +166,35 @@ def _descriptor_list(document: dict[str, Any], key: str, *, required: bool) -> l
         return []
     if not isinstance(value, list):
         raise ManifestInvalid(f"manifest needs a '{key}' array")
-    return [parse_descriptor(item, f"{key}[{i}]") for i, item in enumerate(value)]
+    return [parse_descriptor(item, f"{key}[{i}]", layer=key == "layers") for i, item in enumerate(value)]
+
+
+def check_urls(manifest: Manifest, allowed_hosts: Collection[str]) -> None:
+    """Refuse `urls` that are not http(s) on an allowed host (no credentials, no fragment), as distribution does:
+    with `MANIFEST_BLOB_UNKNOWN`, the descriptor then counting as content the repository lacks."""
+    subject = [manifest.subject] if manifest.subject is not None else []
+    for descriptor in [*manifest.blobs, *manifest.children, *subject]:
+        for url in descriptor.urls:
+            problem = _url_problem(url, allowed_hosts)
+            if problem is not None:
+                raise ManifestBlobUnknown(
+                    f"descriptor urls refused: {problem}", detail={"digest": descriptor.digest, "url": url[:300]}
+                )
+
+
+def _url_problem(url: str, allowed_hosts: Collection[str]) -> str | None:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "not a URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return "only http(s) URLs"
+    if parts.username is not None or parts.fragment:
+        return "no credentials or fragment in URLs"
+    if host not in allowed_hosts:
+        return "host not in REGISTRY_MANIFEST_URLS_ALLOW"
+    return None
 
 
 def _check_descriptor_count(document: dict[str, Any], limit: int) -> None:

@@ -24,7 +24,7 @@ from app.errors import DigestInvalid, ManifestBlobUnknown, ManifestInvalid, Mani
 from app.registry.beliefs import Beliefs, Kind
 from app.registry.documents import Documents
 from app.registry.events import RegistryEvents
-from app.registry.formats import Manifest, parse_manifest
+from app.registry.formats import Manifest, check_urls, parse_manifest
 from app.registry.gc_runs import GcRuns
 from app.registry.immutable import ImmutableTags, TagWrite, tag_digest
 from app.registry.policy import refusal
@@ -78,6 +78,7 @@ class Manifests:
         max_descriptors: int | None = None,
         *,
         sparse: bool = False,
+        urls_allowed: frozenset[str] = frozenset(),
     ) -> None:
         self.storage = storage
         self.documents = documents
@@ -88,6 +89,7 @@ class Manifests:
         self.events = events
         self.max_descriptors = max_descriptors
         self.sparse = sparse  # REGISTRY_SPARSE_MANIFESTS: accept manifests whose blobs or children are absent
+        self.urls_allowed = urls_allowed  # REGISTRY_MANIFEST_URLS_ALLOW: hosts descriptor `urls` may name
 
     async def put(
         self,
@@ -113,6 +115,7 @@ class Manifests:
             raise TagInvalid("invalid tag", detail={"tag": next(tag for tag in named_tags if is_digest(tag))})
         tags = tuple(dict.fromkeys(([] if is_digest(reference) else [reference]) + named_tags))
         manifest = parse_manifest(body, content_type, max_descriptors=self.max_descriptors)
+        check_urls(manifest, self.urls_allowed)
         digest = self._digest_for(reference, body, None if named is None else check_digest(named))
         writes = [TagWrite(name, tag, body, manifest.media_type, digest) for tag in tags]
         await self._refuse_moving_immutable(writes)

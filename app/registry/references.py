@@ -15,7 +15,7 @@ import hashlib
 import re
 
 from app import layout
-from app.errors import DigestInvalid, NameInvalid, TagInvalid
+from app.errors import DigestInvalid, NameDenied, TagInvalid
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -40,25 +40,43 @@ def name_overlap(name: str) -> str | None:
     """
     components = name.split("/")
     if components[0] in _TOP_LEVEL:
-        return f"'{components[0]}' would put this repository's objects inside v2/{components[0]}"
+        return (
+            f"'{components[0]}' is reserved as a first path component "
+            f"(it would put this repository's objects inside v2/{components[0]})"
+        )
     for position, component in enumerate(components[1:], start=1):
         if component in layout.REPOSITORY_FOLDERS:
             parent = "/".join(components[:position])
-            return f"'{component}' after '{parent}' would put this repository's objects among those of '{parent}'"
+            return (
+                f"'{component}' is a reserved path component after the first ({', '.join(layout.REPOSITORY_FOLDERS)}):"
+                f" it would put this repository's objects among those of '{parent}'"
+            )
     return None
+
+
+def name_problem(name: str) -> str | None:
+    """Why this registry refuses repository `name`, in words a user can act on; None when it takes it."""
+    if len(name) > MAX_NAME_LENGTH:
+        return f"repository names are at most {MAX_NAME_LENGTH} characters"
+    if not NAME_RE.fullmatch(name):
+        if NAME_RE.fullmatch(name.lower()):
+            return "repository names are lowercase"
+        return (
+            "a repository name is components of lowercase letters and digits, joined by '.', '_', '__' or '-' "
+            "inside a component and by '/' between them"
+        )
+    return name_overlap(name)
 
 
 def is_name(name: str) -> bool:
     """Whether `name` is a repository name this registry can store (the grammar, and no overlap)."""
-    return len(name) <= MAX_NAME_LENGTH and NAME_RE.fullmatch(name) is not None and name_overlap(name) is None
+    return name_problem(name) is None
 
 
 def check_name(name: str) -> str:
-    if len(name) > MAX_NAME_LENGTH or not NAME_RE.fullmatch(name):
-        raise NameInvalid("invalid repository name", detail={"name": name[:300]})
-    overlap = name_overlap(name)
-    if overlap is not None:
-        raise NameInvalid(f"invalid repository name: {overlap}", detail={"name": name})
+    problem = name_problem(name)
+    if problem is not None:
+        raise NameDenied(problem, detail={"name": name[:300]})
     return name
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from app.errors import NameInvalid
+
 READ_CHUNK = 1024 * 1024
 
 
@@ -43,6 +45,26 @@ class KeyBlocked(StorageFault):
     Names whose keys could overlap are refused (`app.registry.references`); a tree written before that rule can
     still hold such paths, and `fsck` reports them instead of stopping.
     """
+
+
+class KeyInvalid(NameInvalid, ValueError):
+    """A key outside the layout's grammar (an empty, `.` or `..` component, a leading `/`, a backslash or a NUL).
+
+    Keys are spelled by `app.layout` from checked names, tags and digests, so this is a bug or a hostile way in
+    that skipped those checks: refused before anything is read or written, never resolved. Should one reach a
+    client, it is the OCI error `400 NAME_INVALID`, never a 500.
+    """
+
+
+def check_key(key: str, *, prefix: bool = False) -> str:
+    """`key` when it is in the layout's grammar; a listing `prefix` may also be empty or end with `/`."""
+    body = key.removesuffix("/") if prefix else key
+    if prefix and not body:
+        return key
+    components = body.split("/")
+    if any(part in ("", ".", "..") for part in components) or "\\" in key or "\0" in key:
+        raise KeyInvalid("not a key of the layout", detail={"key": key[:300]})
+    return key
 
 
 class Storage(Protocol):

@@ -26,16 +26,25 @@ from pathlib import Path
 from app.storage.base import (
     READ_CHUNK,
     KeyBlocked,
+    KeyInvalid,
     ObjectExists,
     ObjectInfo,
     PreconditionFailed,
     StorageFault,
+    check_key,
 )
 
 META_DIR = ".meta"
 TMP_DIR = ".tmp"
 LOCKS_DIR = ".locks"  # under META_DIR
 LOCK_STRIPES = 64
+
+
+def _object_key(key: str, *, prefix: bool = False) -> str:
+    """A key (or listing prefix) of the layout's grammar that is not in the store's own `.meta/` or `.tmp/`."""
+    if key.startswith("."):
+        raise KeyInvalid("key outside the store's objects", detail={"key": key[:300]})
+    return check_key(key, prefix=prefix)
 
 
 class FilesystemStorage:
@@ -61,9 +70,10 @@ class FilesystemStorage:
             os.close(fd)  # releases the lock
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root not in path.parents or key.startswith("."):
-            raise ValueError(f"key escapes the store: {key!r}")
+        """The file of `key`: a key outside the layout's grammar is refused, never resolved (`a/../b` is not `b`)."""
+        path = self.root / _object_key(key)
+        if self.root not in path.resolve().parents:  # a symbolic link leading out of the store
+            raise KeyInvalid("key outside the store's objects", detail={"key": key[:300]})
         return path
 
     def _meta_path(self, key: str) -> Path:
@@ -185,6 +195,7 @@ class FilesystemStorage:
                     path.unlink()
 
     def list(self, prefix: str) -> Iterator[str]:
+        _object_key(prefix, prefix=True)
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
             return
@@ -203,7 +214,7 @@ class FilesystemStorage:
         return ((entry.name, entry.stat().st_size) for entry in self._files_in(prefix))
 
     def _files_in(self, prefix: str) -> Iterator[os.DirEntry[str]]:
-        directory = self.root / prefix
+        directory = self.root / _object_key(prefix, prefix=True)
         if not prefix.endswith("/") or not directory.is_dir():
             return
         for entry in os.scandir(directory):

@@ -24,11 +24,16 @@ from s3transfer.utils import ReadFileChunk
 from app import layout
 from app.settings import Settings
 from app.storage.base import READ_CHUNK, ObjectExists, ObjectInfo, PreconditionFailed, StorageFault
+from app.storage.faults import MissingBucket
 
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _PRECONDITION_FAILED = {"412", "PreconditionFailed"}
 DIGEST_METADATA = "digest"  # x-amz-meta-digest: the digest a tag's manifest was pushed as
 PROBE_ETAG = '"storj-registry-probe"'  # no object's etag: a store that honours If-Match refuses the probe
+# The store check (start-up, /readyz) asks once and briefly: retrying an unreachable endpoint for a minute would
+# only delay the operator's warning and outlast the probe's own timeout.
+CHECK_CONNECT_SECONDS = 3
+CHECK_READ_SECONDS = 5
 
 
 def client_config(settings: Settings) -> Config:
@@ -45,6 +50,17 @@ def client_config(settings: Settings) -> Config:
         max_pool_connections=max(16, settings.s3_max_concurrency * 4),
         connect_timeout=10,
         read_timeout=120,
+    )
+
+
+def check_config(settings: Settings) -> Config:
+    """`client_config` for the store check: one attempt, short timeouts."""
+    return client_config(settings).merge(
+        Config(
+            retries={"mode": "standard", "max_attempts": 1},
+            connect_timeout=CHECK_CONNECT_SECONDS,
+            read_timeout=CHECK_READ_SECONDS,
+        )
     )
 
 
@@ -71,6 +87,19 @@ def _create_only(if_absent: bool) -> dict[str, str]:
     return {"IfNoneMatch": "*"} if if_absent else {}
 
 
+def _client(settings: Settings, config: Config) -> Any:
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.s3_endpoint,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key,
+        config=config,
+        verify=None if settings.s3_endpoint.startswith("https://") else False,
+    )
+    client.meta.events.register_first("before-sign.s3", _drop_expect_continue)
+    return client
+
+
 class S3Storage:
     # Until `probe_conditional_overwrite` says otherwise: the S3 API does not promise If-Match on PutObject.
     conditional_overwrite = False
@@ -78,15 +107,8 @@ class S3Storage:
     def __init__(self, settings: Settings) -> None:
         self.bucket = settings.s3_bucket
         self.prefix = f"{settings.s3_prefix}/" if settings.s3_prefix else ""
-        self.client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=settings.s3_endpoint,
-            aws_access_key_id=settings.s3_access_key,
-            aws_secret_access_key=settings.s3_secret_key,
-            config=client_config(settings),
-            verify=None if settings.s3_endpoint.startswith("https://") else False,
-        )
-        self.client.meta.events.register_first("before-sign.s3", _drop_expect_continue)
+        self.client = _client(settings, client_config(settings))
+        self.checker = _client(settings, check_config(settings))
         self.part_size = settings.s3_part_size
         self.max_concurrency = settings.s3_max_concurrency
         # One transfer manager (and its thread pool) for the service's life, not one per upload.
@@ -320,7 +342,10 @@ class S3Storage:
                     yield name, item["Size"]
 
     def check(self) -> None:
-        self._call(self.client.head_bucket, Bucket=self.bucket)
+        try:
+            self._call(self.checker.head_bucket, Bucket=self.bucket)
+        except KeyError:
+            raise MissingBucket(self.bucket) from None
 
     def _pages(self, prefix: str, delimiter: str | None) -> Iterator[dict[str, Any]]:
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}

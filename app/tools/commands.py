@@ -10,13 +10,15 @@ import argparse
 import asyncio
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 
+from app.cli import port_number
 from app.events import Notifier, Origin, Target
 from app.registry import open_uploads
 from app.registry.policy import open_policy, parse_duration
-from app.settings import Settings, load_settings
+from app.settings import Settings, SettingsError, load_settings, store_location, unknown_variables
 from app.storage import Storage, StorageFault, open_storage
 from app.tools.fsck import fsck
 from app.tools.gc import DEFAULT_GRACE_SECONDS, Removal, gc
@@ -32,21 +34,14 @@ def existing_store(settings: Settings) -> Storage:
     return open_storage(settings, create=False)
 
 
-def where(settings: Settings) -> str:
-    """The store in words, for messages: the bucket (and prefix), or the data directory."""
-    if settings.storage == "s3":
-        return f"bucket {settings.s3_bucket}" + (f" under {settings.s3_prefix}/" if settings.s3_prefix else "")
-    return f"{settings.data_dir.resolve()} (REGISTRY_DATA_DIR)"
-
-
 def say_if_empty(command: str, settings: Settings, keys: int) -> None:
     if keys == 0:
-        print(f"{command}: the store is empty: nothing was ever pushed to {where(settings)}", file=sys.stderr)
+        print(f"{command}: the store is empty: nothing was ever pushed to {store_location(settings)}", file=sys.stderr)
 
 
 def run_fsck(args: argparse.Namespace) -> int:
     settings = load_settings()
-    report = fsck(existing_store(settings), repair=args.repair)
+    report = fsck(existing_store(settings), repair=args.repair, blobs=args.blobs)
     say_if_empty("fsck", settings, report.keys)
     return EXIT_PROBLEMS if report.left else 0
 
@@ -144,9 +139,16 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def storage_faults_exit(handler: Handler) -> Handler:
-    """An unreachable or missing store ends a tool with a one-line message and exit status 3, not a traceback."""
+    """The frame of each tool: its first line (stderr) names the store it works on, then any REGISTRY_* variable
+    that is no setting; an unreachable or missing store ends it with one line and exit status 3, not a traceback.
+
+    Run from another directory, a tool would otherwise work on another `./data` without a word.
+    """
 
     def run(args: argparse.Namespace) -> int:
+        print(f"storj-registry {args.command}: store: {store_location(load_settings())}", file=sys.stderr)
+        for sentence in unknown_variables():
+            print(f"storj-registry {args.command}: warning: {sentence}", file=sys.stderr)
         try:
             return handler(args)
         except StorageFault as exc:
@@ -163,7 +165,19 @@ def add_tool_commands(commands: argparse._SubParsersAction) -> None:
         description="Problems go to stdout, one per line: PROBLEM <code> <key> <detail>. Progress and summary: stderr. "
         "Exit 0: clean (an empty store says so); 1: problems left; 3: no store there, or it cannot be reached.",
     )
-    check.add_argument("--repair", action="store_true", help="fix what the store itself can tell (never blobs)")
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="fix what the store itself can tell; with --blobs, move each damaged blob to v2/_quarantine/ so the "
+        "next push of it writes it again",
+    )
+    check.add_argument(
+        "--blobs",
+        action="store_true",
+        help="also read every blob and hash it again (reports each that does not match its digest, or is short, "
+        "with the repositories using it). It reads the whole store: on Storj every byte read is egress, billed "
+        "per GB, and each repository's copy of a shared blob is read",
+    )
     check.set_defaults(handler=storage_faults_exit(run_fsck))
 
     collect = commands.add_parser(
@@ -213,6 +227,80 @@ def add_tool_commands(commands: argparse._SubParsersAction) -> None:
     )
     uploads.set_defaults(handler=storage_faults_exit(run_uploads))
     add_mirror_commands(commands)
+    add_pull_commands(commands)
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    """Serve the store until Ctrl-C (the normal end: exit 0), one line per request on stderr."""
+    from app.tools.preview import Answer, Preview
+
+    def log(answer: Answer) -> None:
+        print(f"{answer.method} {answer.path} {answer.status}", file=sys.stderr, flush=True)
+
+    try:
+        server = Preview(existing_store(load_settings()), args.host, args.port, on_answer=log)
+    except OSError as exc:
+        raise SettingsError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    with server:
+        host = server.url.removeprefix("http://")
+        print(f"preview: serving the store read-only as Storj linksharing would at {server.url}", file=sys.stderr)
+        print(f"preview: try `docker pull {host}/NAME:TAG`, or `verify-pull {host}/NAME:TAG`", file=sys.stderr)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print("preview: stopped", file=sys.stderr)
+    return 0
+
+
+def run_verify_pull(args: argparse.Namespace) -> int:
+    import httpx
+
+    from app.tools.verify_pull import UsageError, verify_pull
+
+    try:
+        findings = verify_pull(args.reference, tls_verify=args.tls_verify)
+    except UsageError as exc:
+        print(f"storj-registry verify-pull: {exc}", file=sys.stderr)
+        return 2
+    except httpx.ConnectError:
+        print(f"storj-registry verify-pull: nothing answers at {args.reference} (cannot connect)", file=sys.stderr)
+        return EXIT_STORAGE
+    except httpx.TimeoutException:
+        print(f"storj-registry verify-pull: {args.reference} did not answer in time", file=sys.stderr)
+        return EXIT_STORAGE
+    except httpx.HTTPError as exc:
+        print(f"storj-registry verify-pull: {args.reference} failed: {type(exc).__name__}", file=sys.stderr)
+        return EXIT_STORAGE
+    print(f"verify-pull: {findings.summary()}", file=sys.stderr)
+    return EXIT_PROBLEMS if findings.problems else 0
+
+
+def add_pull_commands(commands: argparse._SubParsersAction) -> None:
+    shown = commands.add_parser(
+        "preview",
+        help="serve the store read-only exactly as Storj linksharing would (pull from it to check the layout)",
+        description="Serves the store the settings name (the data directory, or the bucket and prefix) as static "
+        "files, with linksharing's rules only: GET and HEAD, the stored Content-Type, index.html for paths ending "
+        "in /, 303 from /v2 to /v2/, 404.html, single ranges. No registry logic: a pull that works from here works "
+        "from the bucket's public URL. On S3 each request reads the bucket (egress on Storj). Ctrl-C stops it.",
+    )
+    shown.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    shown.add_argument("--port", type=port_number, default=8000, help="TCP port (default: %(default)s)")
+    shown.set_defaults(handler=storage_faults_exit(run_preview))
+
+    verify = commands.add_parser(
+        "verify-pull",
+        help="pull a tag through a public URL as docker does and check types, digests and sizes",
+        description="REFERENCE: [https://]HOST[:PORT]/NAME:TAG (or @DIGEST); http for a loopback host. Fetches /v2/, "
+        "the manifest by tag (HEAD and GET, docker's Accept) and by digest, every child of an index, every config "
+        "and layer (streamed), and tags/list. Each problem goes to stdout in words; exit 0 when the pull is sound, "
+        "1 when it is not, 3 when the URL cannot be reached. It reads every blob: egress on Storj.",
+    )
+    verify.add_argument("reference")
+    verify.add_argument(
+        "--tls-verify", type=parse_bool, default=True, metavar="BOOL", help="verify the server's TLS certificate"
+    )
+    verify.set_defaults(handler=run_verify_pull)
 
 
 def add_mirror_commands(commands: argparse._SubParsersAction) -> None:

@@ -11,6 +11,11 @@ Each problem is one line on stdout, `PROBLEM <code> <key> <detail>`, and `REPAIR
 missing digest key (from the tag's own bytes). It never invents a blob or a manifest it does not have. A repair
 that another object's path blocks (a filesystem tree from before names were checked for overlaps) is reported as
 `UNREPAIRED <code> <key> <reason>` and left.
+
+With `--blobs` it also reads every blob object and hashes it again (`app.tools.blob_scan`): a blob whose bytes do
+not hash to its digest, or fewer bytes than its manifests declare, is reported with the repositories whose
+manifests use it; `--repair` moves it to `v2/_quarantine/` (`layout.quarantined`), so the next push of that digest
+writes it again (blob writes are create-only) and pulls meanwhile fail with "blob unknown", not a digest error.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from app import layout
 from app.registry import catalog_page, documents
 from app.registry.formats import INDEXES
 from app.storage import KeyBlocked, Storage
+from app.tools.blob_scan import BlobRead, blob_targets, meter_for, read_blobs
 from app.tools.inventory import (
     Inventory,
     Progress,
@@ -36,6 +42,7 @@ from app.tools.inventory import (
 )
 
 Repair = Callable[[], None]
+MAX_USERS_SAID = 5  # manifests named in a damaged blob's line
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,10 @@ class Problem:
 class Report:
     keys: int = 0
     repositories: int = 0
-    manifests: int = 0
+    manifests: int = 0  # by digest, as gc counts them
+    tags: int = 0
+    blobs_read: int = 0
+    bytes_read: int = 0
     problems: list[Problem] = field(default_factory=list)
     repaired: int = 0
 
@@ -62,20 +72,31 @@ class Report:
         return len(self.problems) - self.repaired
 
     def summary(self) -> str:
+        read = f", {self.blobs_read} blobs read ({self.bytes_read} bytes)" if self.blobs_read else ""
         return (
-            f"{self.keys} keys, {self.repositories} repositories, {self.manifests} manifests checked: "
-            f"{len(self.problems)} problems, {self.repaired} repaired, {self.left} left"
+            f"{self.keys} keys, {self.repositories} repositories, {self.manifests} manifests ({self.tags} tags)"
+            f"{read} checked: {len(self.problems)} problems, {self.repaired} repaired, {self.left} left"
         )
 
 
 def fsck(
-    storage: Storage, *, repair: bool = False, out: TextIO | None = None, progress: Progress | None = None
+    storage: Storage,
+    *,
+    repair: bool = False,
+    blobs: bool = False,
+    out: TextIO | None = None,
+    progress: Progress | None = None,
 ) -> Report:
     progress = progress or Progress("fsck")
     out = out or sys.stdout
     inventory = take_inventory(storage, progress)
-    report = Report(keys=inventory.keys, repositories=len(inventory.repositories))
-    checker = Checker(storage, inventory)
+    report = Report(
+        keys=inventory.keys,
+        repositories=len(inventory.repositories),
+        manifests=inventory.manifests,
+        tags=inventory.tags,
+    )
+    checker = Checker(storage, inventory, report if blobs else None)
     for problem in checker.problems(progress):
         report.problems.append(problem)
         print(problem.line(), file=out, flush=True)
@@ -87,20 +108,28 @@ def fsck(
                 continue
             report.repaired += 1
             print(f"REPAIRED {problem.code} {problem.key}", file=out, flush=True)
-    report.manifests = checker.manifests_read
+    if inventory.quarantined:
+        progress.say(
+            f"{len(inventory.quarantined)} blob(s) in {layout.QUARANTINE}, moved aside by --repair: delete them"
+        )
     progress.say(report.summary())
     return report
 
 
 class Checker:
-    def __init__(self, storage: Storage, inventory: Inventory) -> None:
+    def __init__(self, storage: Storage, inventory: Inventory, reading: Report | None = None) -> None:
+        """`reading`: read every blob too (`--blobs`), counting what was read into that report."""
         self.storage = storage
         self.inventory = inventory
-        self.manifests_read = 0
+        self.reading = reading
+        self.users: dict[tuple[str, str], set[str]] = {}  # (repository, blob) -> the manifests that reference it
+        self.declared: dict[tuple[str, str], int] = {}  # (repository, blob) -> the size its manifests give
 
     def problems(self, progress: Progress) -> Iterator[Problem]:
         for repository in self.inventory.sorted_repositories():
             yield from self.check_repository(repository, progress)
+        if self.reading is not None:
+            yield from self.check_blob_contents(self.reading)
         yield from self.check_catalog()
         yield from self.check_root()
         yield from self.check_page()
@@ -110,8 +139,8 @@ class Checker:
     def check_repository(self, repository: Repository, progress: Progress) -> Iterator[Problem]:
         referrers: dict[str, dict[str, dict[str, Any]]] = {}  # subject -> referrer digest -> descriptor
         for stored in read_manifests(self.storage, repository, progress):
-            self.manifests_read += 1
             yield from self.check_manifest(repository, stored)
+            self.note_blob_uses(repository.name, stored)
             if stored.intact and stored.manifest and stored.manifest.subject:
                 descriptor = stored.manifest.descriptor(stored.digest, len(stored.body)).to_json()
                 referrers.setdefault(stored.manifest.subject.digest, {})[stored.digest] = descriptor
@@ -186,6 +215,47 @@ class Checker:
         expected = documents.tags_document(name, sorted(repository.tags))
         yield from self.check_document(layout.tags_list(name), expected, layout.JSON, rebuild)
 
+    # blob contents (--blobs) ----------------------------------------------------------------------------
+
+    def note_blob_uses(self, name: str, stored: StoredManifest) -> None:
+        """Which manifests (by tag, or by digest) of `name` a pull of its blobs serves."""
+        if not stored.intact or stored.manifest is None:
+            return
+        label = f"{name}@{stored.reference[:19]}" if stored.by_digest else f"{name}:{stored.reference}"
+        for blob in stored.manifest.blobs:
+            self.users.setdefault((name, blob.digest), set()).add(label)
+            self.declared.setdefault((name, blob.digest), blob.size)
+
+    def check_blob_contents(self, report: Report) -> Iterator[Problem]:
+        targets = blob_targets(self.storage, self.inventory)
+        meter = meter_for("fsck", targets)
+        try:
+            for found in read_blobs(self.storage, targets, meter):
+                report.blobs_read += 1
+                report.bytes_read += found.size
+                problem = self.blob_problem(found)
+                if problem is not None:
+                    yield problem
+        finally:
+            meter.close()
+
+    def blob_problem(self, found: BlobRead) -> Problem | None:
+        target = found.target
+        declared = self.declared.get((target.name, target.digest))
+        users = sorted(self.users.get((target.name, target.digest), ()))
+        more = f" and {len(users) - MAX_USERS_SAID} more" if len(users) > MAX_USERS_SAID else ""
+        used = f"pulls of {', '.join(users[:MAX_USERS_SAID])}{more} fail" if users else "no manifest uses it"
+        move = partial(quarantine, self.storage, target.key)
+        if declared is not None and found.size < declared:
+            return Problem(
+                "short-blob", target.key, f"{found.size} of the {declared} bytes its manifests give; {used}", move
+            )
+        if not found.intact:
+            return Problem(
+                "blob-digest-mismatch", target.key, f"its {found.size} bytes hash to {found.digest}; {used}", move
+            )
+        return None
+
     # bucket-wide ----------------------------------------------------------------------------------------
 
     def check_catalog(self) -> Iterator[Problem]:
@@ -254,3 +324,9 @@ class Checker:
         elif info.content_type != content_type or info.cache_control != layout.MUTABLE_CACHE:
             detail = f"{info.content_type!r} / {info.cache_control!r}, not {content_type!r} / {layout.MUTABLE_CACHE!r}"
             yield Problem("wrong-content-type", key, detail, rebuild)
+
+
+def quarantine(storage: Storage, key: str) -> None:
+    """Move a damaged blob aside (a server-side copy, then the delete): its key is free for the next push."""
+    storage.copy(key, layout.quarantined(key))
+    storage.delete(key)

@@ -49,6 +49,7 @@ KEY_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("blob_record", _pattern(layout.blob_location("@digest@"), digest=_DIGEST)),
     ("staged_upload", _pattern(layout.staged_upload("@id@"), id=UPLOAD_ID_RE.pattern)),
     ("gc_state", re.compile(re.escape(layout.GC_STATE) + ".+")),  # a gc run's own (app/tools/gc_run.py)
+    ("quarantined", re.compile(re.escape(layout.QUARANTINE) + "(?P<key>.+)")),  # moved aside by fsck --repair
 ]
 
 
@@ -75,8 +76,18 @@ class Inventory:
     catalog_entries: set[str] = field(default_factory=set)
     blob_records: set[str] = field(default_factory=set)
     staged_uploads: set[str] = field(default_factory=set)  # a commit in progress, or one a crash interrupted
+    quarantined: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     keys: int = 0
+
+    @property
+    def manifests(self) -> int:
+        """Manifests are counted by their digest keys, by fsck and gc alike: a tag is another name for one."""
+        return sum(len(repository.digests) for repository in self.repositories.values())
+
+    @property
+    def tags(self) -> int:
+        return sum(len(repository.tags) for repository in self.repositories.values())
 
     def repository(self, name: str) -> Repository:
         return self.repositories.setdefault(name, Repository(name))
@@ -132,6 +143,7 @@ _ADDERS: dict[str, Callable[[Inventory, dict[str, str]], None]] = {
     "blob_record": lambda inv, f: inv.blob_records.add(f["digest"]),
     "staged_upload": lambda inv, f: inv.staged_uploads.add(f["id"]),
     "gc_state": lambda inv, f: None,
+    "quarantined": lambda inv, f: inv.quarantined.append(layout.QUARANTINE + f["key"]),
 }
 
 

@@ -16,7 +16,9 @@
   var JSON_DIGEST_RE = /"((?:sha256:[0-9a-f]{64})|(?:sha512:[0-9a-f]{128}))"/g;
   var PAGE_SIZE = 100;
   var PARALLEL_REQUESTS = 6;
-  var MAX_CONFIG_BYTES = 1024 * 1024;
+  // The most of a config blob the page reads (one Range request): a config's declared size is the pusher's word,
+  // and on Storj every byte read is egress billed to the bucket's owner.
+  var MAX_CONFIG_BYTES = 64 * 1024;
   var OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
   var DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
   var OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -28,6 +30,7 @@
   SHORT_TYPES[DOCKER_LIST] = 'Docker manifest list';
   SHORT_TYPES[OCI_MANIFEST] = 'OCI image';
   SHORT_TYPES[DOCKER_MANIFEST] = 'Docker image';
+  var NOT_RECORDED = 'not recorded';
   var GENERIC_TYPES = ['', 'application/json', 'application/octet-stream', 'binary/octet-stream', 'text/plain'];
 
   // ---- small pure helpers (exported for the browser tests) --------------------------------------------------
@@ -193,6 +196,43 @@
     });
   }
 
+  /**
+   * At most the first `max` bytes of `path`, with one Range request: {bytes, whole}, or null when absent. `whole`
+   * is told by the length alone (fewer than `max` bytes came, so the object ended): Content-Range is no header a
+   * page may read from another origin, where the service redirects blob reads. A server that ignores Range and
+   * answers 200 is read no further than `max` bytes either.
+   */
+  function getPrefix(path, max) {
+    return limited(function () {
+      var headers = { Range: 'bytes=0-' + (max - 1) };
+      return fetch(new URL(path, base).href, { headers: headers, credentials: 'same-origin' }).then(function (res) {
+        if (res.status === 404) return null;
+        if (!res.ok) throw new HttpError(res.status, path);
+        return readAtMost(res, max).then(function (bytes) {
+          return { bytes: bytes, whole: bytes.byteLength < max };
+        });
+      });
+    });
+  }
+
+  /** At most `max` bytes of a response body; past them the download is cancelled. */
+  function readAtMost(res, max) {
+    var reader = res.body.getReader();
+    var bytes = new Uint8Array(max);
+    var length = 0;
+    function next() {
+      return reader.read().then(function (step) {
+        if (step.done) return bytes.buffer.slice(0, length);
+        var part = step.value.subarray(0, max - length);
+        bytes.set(part, length);
+        length += part.length;
+        if (length === max) return reader.cancel().then(function () { return bytes.buffer; });
+        return next();
+      });
+    }
+    return next();
+  }
+
   function parseJSON(bytes, path) {
     try {
       return JSON.parse(new TextDecoder().decode(bytes));
@@ -302,15 +342,18 @@
     });
   }
 
-  /** An image config blob: {doc}, {missing: true}, or {skipped: true} when it is not a small image config. */
+  /**
+   * An image config blob: {doc}, {missing: true}, {tooLarge: true} when it is (or says it is) MAX_CONFIG_BYTES or
+   * more, or {skipped: true} when it is no image config. At most MAX_CONFIG_BYTES are read, whatever its size.
+   */
   function config(name, descriptor) {
-    if (!descriptor || IMAGE_CONFIGS.indexOf(descriptor.mediaType) < 0 || descriptor.size > MAX_CONFIG_BYTES) {
-      return Promise.resolve({ skipped: true });
-    }
+    if (!descriptor || IMAGE_CONFIGS.indexOf(descriptor.mediaType) < 0) return Promise.resolve({ skipped: true });
+    if (!(descriptor.size < MAX_CONFIG_BYTES)) return Promise.resolve({ tooLarge: true });
     var path = 'v2/' + name + '/blobs/' + descriptor.digest;
     return remember(path, true, function () {
-      return get(path).then(function (found) {
-        return found === null ? { missing: true } : { doc: parseJSON(found.bytes, path) };
+      return getPrefix(path, MAX_CONFIG_BYTES).then(function (found) {
+        if (found === null) return { missing: true };
+        return found.whole ? { doc: parseJSON(found.bytes, path) } : { tooLarge: true };
       });
     });
   }
@@ -324,9 +367,21 @@
     });
   }
 
+  /**
+   * When the image was built: a Date; NOT_RECORDED when its config gives no time, or the zero time that reproducible
+   * builds write (SOURCE_DATE_EPOCH=0: 1970-01-01); null when the config could not be read.
+   */
   function createdOf(configFound) {
-    var created = configFound && configFound.doc && configFound.doc.created;
-    return created ? new Date(created) : null;
+    var doc = configFound && configFound.doc;
+    if (!doc) return null;
+    var created = typeof doc.created === 'string' ? new Date(doc.created) : null;
+    return created && created.getTime() > 0 ? created : NOT_RECORDED;
+  }
+
+  function createdElement(created) {
+    if (created !== NOT_RECORDED) return timeElement(created);
+    return h('span', { class: 'muted', title: 'The image config names no build time (reproducible builds set 1970-01-01).' },
+      NOT_RECORDED);
   }
 
   /** What a row shows of a manifest: compressed size, platforms, created; an index sums its platforms. */
@@ -344,13 +399,16 @@
               ? present.reduce(function (sum, m) { return sum + layersSize(m.doc); }, 0) : null,
             platforms: children.map(function (child) { return platformName(child.platform); }),
             created: createdOf(configFound),
-            artifactType: null,
+            artifactType: found.doc.artifactType || null,
           };
         });
       });
     }
+    var artifactType = artifactTypeOf(found.doc);
     return config(name, found.doc.config).then(function (configFound) {
-      return { size: layersSize(found.doc), platforms: [], created: createdOf(configFound), artifactType: artifactTypeOf(found.doc), config: configFound };
+      // An artifact's config holds no build time: nothing to say (rather than "not recorded").
+      var created = artifactType ? null : createdOf(configFound);
+      return { size: layersSize(found.doc), platforms: [], created: created, artifactType: artifactType, config: configFound };
     });
   }
 
@@ -441,8 +499,9 @@
       copyButton(text, 'Copy: ' + text));
   }
 
-  function pullCommand(name, tag, digest) {
-    return 'docker pull ' + host + '/' + name + (tag ? ':' + tag : '@' + digest);
+  /** docker pulls images; an artifact (an SBOM, a signature, a chart) is pulled with oras. */
+  function pullCommand(name, tag, digest, artifact) {
+    return (artifact ? 'oras pull ' : 'docker pull ') + host + '/' + name + (tag ? ':' + tag : '@' + digest);
   }
 
   function definitionList(pairs) {
@@ -678,7 +737,11 @@
       }
       var sorted = tags.slice().sort(naturalCompare);
       var suggested = tags.indexOf('latest') >= 0 ? 'latest' : sorted[sorted.length - 1];
-      view.append(command('Pull', pullCommand(name, suggested)));
+      var pull = h('div', null, command('Pull', pullCommand(name, suggested)));
+      view.append(pull);
+      manifest(name, suggested).then(function (found) { return found && summary(name, found); }).then(function (info) {
+        if (info && info.artifactType) pull.replaceChildren(command('Pull', pullCommand(name, suggested, null, true)));
+      }).catch(function () {}); // the tag's row shows what went wrong
       var pushed = {};
       view.append(longList({
         items: sorted,
@@ -738,7 +801,7 @@
             if (info.artifactType) set('Type', h('span', { title: found.mediaType }, 'Artifact: ' + info.artifactType));
             set('Size', formatSize(info.size));
             set('Platforms', info.platforms.length ? info.platforms.join(', ') : '—');
-            set('Created', timeElement(info.created));
+            set('Created', createdElement(info.created));
           });
         }).catch(function (error) {
           set('Digest', h('span', { class: 'warn' }, error.message));
@@ -763,19 +826,20 @@
       }
       var digest = found.digest || route.digest;
       var pulls = h('section', { class: 'pull', 'aria-label': 'Pull commands' });
-      if (route.tag) pulls.append(command('By tag', pullCommand(name, route.tag)));
-      if (digest) pulls.append(command('By digest', pullCommand(name, null, digest)));
       view.append(pulls);
       return summary(name, found).then(function (info) {
         if (!live()) return null;
         announce('');
+        var artifact = !!info.artifactType;
+        if (route.tag) pulls.append(command('By tag', pullCommand(name, route.tag, null, artifact)));
+        if (digest) pulls.append(command('By digest', pullCommand(name, null, digest, artifact)));
         view.append(definitionList([
           ['Digest', digest ? [h('code', { class: 'digest-full' }, digest), ' ', copyButton(digest, 'Copy digest ' + digest)] : 'unknown (needs HTTPS to compute)'],
           ['Media type', h('code', null, found.mediaType || '—')],
           info.artifactType ? ['Artifact type', h('code', null, info.artifactType)] : null,
           ['Compressed size', formatSize(info.size)],
           info.platforms.length ? ['Platforms', info.platforms.join(', ')] : null,
-          ['Created', timeElement(info.created)],
+          ['Created', createdElement(info.created)],
           [route.tag ? 'Pushed' : 'Stored', timeElement(found.pushed)],
         ]));
         if (isIndex(found.mediaType, found.doc)) view.append(platformsSection(name, found.doc));
@@ -828,6 +892,12 @@
     }
     if (configFound.missing) {
       return section('Config', h('p', { class: 'warn' }, 'The config blob ' + descriptor.digest + ' is missing from the registry.'));
+    }
+    if (configFound.tooLarge) {
+      return section('Config', [
+        h('p', { class: 'warn' }, 'The config blob is too large to show here (the page reads at most ' + formatSize(MAX_CONFIG_BYTES) + ' of it).'),
+        definitionList([['Media type', h('code', null, descriptor.mediaType || '—')], ['Declared size', formatSize(descriptor.size)]]),
+      ]);
     }
     var cfg = configFound.doc;
     var inner = cfg.config || {};

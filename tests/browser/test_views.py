@@ -130,7 +130,7 @@ def test_deep_links_to_a_digest_an_artifact_without_layers_and_101_layers(
     text = browser.text()
     assert f"Artifact type\n{NOTE}" in text
     assert "No layers" in text
-    assert f"docker pull {registry.static_url.removeprefix('http://')}/{APP}@{pushed.note}" in browser.commands()
+    assert f"oras pull {registry.static_url.removeprefix('http://')}/{APP}@{pushed.note}" in browser.commands()
     browser.shot("artifact")
 
     browser.open(f"{registry.static_url}/#/demo/layers:101")

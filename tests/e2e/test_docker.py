@@ -8,6 +8,7 @@ the same image ID (the config digest).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from tests.e2e.bucket import BucketLayout
 from tests.e2e.clients import docker_digest, skopeo
 from tests.e2e.conftest import Endpoints
-from tests.support.daemons import Daemon
+from tests.support.daemons import CommandFailed, Daemon
 from tests.support.images import make_layer, oci_ref, write_image
 
 pytestmark = pytest.mark.e2e
@@ -60,3 +61,21 @@ def test_docker_push_then_pull_from_the_bucket_and_through_the_service(
     assert docker_digest(dockerd.run("pull", pushed_ref)) == digest  # blob GETs redirect to the bucket
     assert image_id(dockerd, pushed_ref) == loaded_id
     dockerd.run("rmi", pushed_ref)
+
+
+@pytest.mark.parametrize("name", ["e2e/blobs", "e2e/app/manifests"])
+def test_docker_push_to_a_reserved_name_stops_at_once_saying_why(
+    dockerd: Daemon, endpoints: Endpoints, work: Path, name: str
+) -> None:
+    """docker retries NAME_INVALID five times (about 50 s) before it says why; DENIED ends the push at once."""
+    reference = f"{endpoints.push}/{name}:v1"
+    docker_load(dockerd, work, reference, [make_layer(2101, 1024)])
+    started = time.monotonic()
+    with pytest.raises(CommandFailed) as refused:
+        dockerd.run("push", reference)
+    elapsed = time.monotonic() - started
+    reserved = name.rsplit("/", 1)[1]
+    assert f"denied: '{reserved}' is a reserved path component" in str(refused.value), refused.value
+    assert "Retrying" not in str(refused.value)
+    assert elapsed < 10, elapsed
+    dockerd.run("rmi", reference)

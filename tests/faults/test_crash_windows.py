@@ -88,7 +88,7 @@ def test_a_crash_between_the_tag_and_the_tags_list_is_finished_by_the_retry(
     service_env: dict[str, str], tmp_path: Path
 ) -> None:
     log = tmp_path / "service.log"
-    env = {**service_env, "CRASH_AT": "call:app.registry.documents:Indexes.refresh_tags"}
+    env = {**service_env, "CRASH_AT": "call:app.registry.documents:Documents.add_tags"}
     with service(env, log, CRASHING) as (_, url), httpx.Client(base_url=url, timeout=30) as client:
         manifest = manifest_of(client)
         crashed(client, "PUT", f"/v2/{NAME}/manifests/v1", content=manifest, headers={"Content-Type": OCI_MANIFEST})

@@ -63,7 +63,8 @@ def test_deletes_are_405_when_disabled(client: httpx.Client, bucket_view: Bucket
     ):
         response = client.delete(path)
         assert response.status_code == 405
-        assert response.json()["errors"][0]["code"] == "UNSUPPORTED"
+        (error,) = response.json()["errors"]
+        assert error["code"] == "UNSUPPORTED" and "REGISTRY_DELETE_ENABLED=true" in error["message"], error
     assert bucket_view.keys() == before
 
 

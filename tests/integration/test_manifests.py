@@ -138,7 +138,8 @@ def test_invalid_tag_and_name_are_rejected(client: httpx.Client, bucket_view: Bu
     bad_tag = push_manifest(client, NAME, "-bad", image, OCI_MANIFEST)
     assert bad_tag.status_code == 400 and error_code(bad_tag) == "TAG_INVALID"
     bad_name = push_manifest(client, "Team/App", "ok", image, OCI_MANIFEST)
-    assert bad_name.status_code == 400 and error_code(bad_name) == "NAME_INVALID"
+    assert bad_name.status_code == 403 and error_code(bad_name) == "DENIED"  # docker does not retry it
+    assert bad_name.json()["errors"][0]["message"] == "repository names are lowercase"
     assert bucket_view.keys() == before
 
 

@@ -2,7 +2,8 @@
 
 `victim/tags/list` would keep its blobs under `v2/victim/tags/list/`, the path of `victim`'s tags list; a folder and
 an object cannot share a path on the filesystem store, and a static server cannot tell them apart on S3. Such names
-get `400 NAME_INVALID` saying why, in either order of pushes and on both backends, and nothing is written.
+get `403 DENIED` (which docker does not retry) saying why, in either order of pushes and on both backends, and
+nothing is written.
 """
 
 from __future__ import annotations
@@ -48,18 +49,18 @@ def test_a_name_inside_another_repositorys_keys_is_refused_and_writes_nothing(
     push_image(client, "victim", "v1")
     before = bucket_view.objects()
     started = client.post(f"/v2/{name}/blobs/uploads/")
-    assert started.status_code == 400, started.text
+    assert started.status_code == 403, started.text
     error = started.json()["errors"][0]
-    assert error["code"] == "NAME_INVALID"
-    assert "would put this repository's objects" in error["message"]
-    assert client.put(f"/v2/{name}/manifests/v1", content=b"{}").json()["errors"][0]["code"] == "NAME_INVALID"
+    assert error["code"] == "DENIED"
+    assert "reserved" in error["message"] and "would put this repository's objects" in error["message"]
+    assert client.put(f"/v2/{name}/manifests/v1", content=b"{}").json()["errors"][0]["code"] == "DENIED"
     assert bucket_view.objects() == before
     assert staged_sessions(settings) == []
 
 
 def test_the_victim_pushed_after_the_refusal_is_intact(client: httpx.Client, bucket_view: BucketView) -> None:
     """The order of the report: a blob to `victim/tags/list` first, then `victim` itself, twice."""
-    assert client.post("/v2/victim/tags/list/blobs/uploads/").status_code == 400
+    assert client.post("/v2/victim/tags/list/blobs/uploads/").status_code == 403
     push_image(client, "victim", "v1", seed=1)
     push_image(client, "victim", "v2", seed=2)
     assert client.get("/v2/victim/tags/list").json() == {"name": "victim", "tags": ["v1", "v2"]}

@@ -58,17 +58,24 @@ def test_tag_selection() -> None:
 
 def test_config_mistakes_name_the_file_and_exit_2(settings: Settings, cli: Callable[..., Run], tmp_path: Path) -> None:
     config = tmp_path / "sync.yaml"
-    for document in (
-        {"mirrors": [{"source": "docker://r.example.com/a"}]},  # no tag selection
-        {"mirrors": [{"source": "docker://r.example.com/a", "tags": ["1"], "colour": "blue"}]},
-        {"mirrors": [{"source": "oci:/tmp/layout", "tags": ["1"]}]},  # a local source needs a destination
-        {"mirrors": [{"source": "docker://r.example.com/a", "tag_regex": "(", "destination": "x"}]},
-        {"mirrors": [{"source": "docker://r.example.com/a", "tags": ["1"], "destination": "Not/Valid"}]},
+    ok = "mirrors:\n  - {source: 'docker://r.example.com/ok', tags: ['1']}\n"  # the mistakes are on line 3 on
+    for mistake, said in (
+        ("  - source: docker://r/a\n", ":3: mirrors[1]: choose tags"),
+        ("  - source: docker://r/a\n    tags: ['1']\n    colour: blue\n", ":5: mirrors[1].colour: not a key"),
+        ("  - source: oci:/tmp/layout\n    tags: ['1']\n", ":3: mirrors[1].destination: oci:/tmp/layout: a local"),
+        ("  - source: docker://r/a\n    tag_regex: '('\n", ":4: mirrors[1].tag_regex: not a regular"),
+        ("  - source: docker://r/a\n    tags: ['1']\n    destination: Not/Valid\n", ":5: mirrors[1].destination: "),
+        ("  - source: docker://r/a\n    newest: many\n", ":4: mirrors[1].newest: "),
     ):
-        config.write_text(yaml.safe_dump(document))
+        config.write_text(ok + mistake)
         run = cli(settings, "sync", str(config))
-        assert run.status == 2, document
-        assert str(config) in run.err
+        assert run.status == 2, mistake
+        (line,) = [line for line in run.err.splitlines() if "store:" not in line]
+        assert line.startswith(f"storj-registry sync: {config}{said}"), (line, config.read_text())
+        assert "pydantic" not in line and "Traceback" not in run.err
+    config.write_text("mirrors:\n  - source: [unclosed\n")
+    broken = cli(settings, "sync", str(config))
+    assert broken.status == 2 and f"{config}:3: not valid YAML" in broken.err, broken.err
     with pytest.raises(UsageError, match=r"sync\.yaml"):
         load_config(config)
 

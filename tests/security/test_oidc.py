@@ -137,6 +137,10 @@ def forged_tokens(github: Issuer, gitlab: Issuer) -> dict[str, str]:
         "unpublished key": stranger.sign(claims),
         "no subject": github.sign({key: value for key, value in claims.items() if key != "sub"}),
         "not a JWT": "hello",
+        "issuer an array": hand_made({"alg": "none"}, {**claims, "iss": [github.url]}, None),
+        "issuer an object": hand_made({"alg": "none"}, {**claims, "iss": {github.url: 1}}, None),
+        "alg an array": hand_made({"alg": ["RS256"], "kid": kid}, claims, None),
+        "alg an object": hand_made({"alg": {"RS256": 1}, "kid": kid}, claims, None),
     }
 
 
@@ -212,6 +216,23 @@ def test_an_unreachable_issuer_is_a_401_not_a_500(tmp_path: Path, serve: Serve) 
         answer = httpx.get(f"{url}/v2/", auth=workload(issuer.gitlab(AUDIENCE)))
         assert answer.status_code == 401
         assert "could not be fetched" in answer.json()["errors"][0]["message"]
+
+
+def test_keys_named_over_plain_http_elsewhere_than_loopback_are_never_fetched(
+    oidc_settings: Callable[..., Settings], serve: Serve, github: Issuer
+) -> None:
+    """The discovery document names `http://` keys on another host: a 401, and the keys are never fetched.
+
+    127.0.0.2 plays the other host: reachable here, but not one of the loopback names plain http is allowed for.
+    """
+    with running_issuer("RS256", host="127.0.0.2") as elsewhere:
+        elsewhere.keys = github.keys
+        github.jwks_uri = elsewhere.url + JWKS
+        url = serve(oidc_settings())
+        answer = httpx.get(f"{url}/v2/", auth=workload(github.github(AUDIENCE)))
+        assert answer.status_code == 401
+        assert "could not be fetched" in answer.json()["errors"][0]["message"]
+        assert elsewhere.requests[JWKS] == 0
 
 
 def test_keys_from_a_local_jwks_file(tmp_path: Path, serve: Serve) -> None:

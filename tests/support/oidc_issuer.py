@@ -40,6 +40,7 @@ class Issuer:
     algorithm: str
     keys: dict[str, SigningKey] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
+    jwks_uri: str | None = None  # what discovery names instead of the issuer's own JWKS
 
     def rotate(self) -> str:
         """A new signing key under a new `kid`, published first; the old ones stay published. Returns the kid."""
@@ -117,8 +118,8 @@ class Issuer:
 
 
 @contextmanager
-def running_issuer(algorithm: str = "RS256") -> Iterator[Issuer]:
-    """An issuer with one key, serving discovery and JWKS on a free loopback port until the block ends."""
+def running_issuer(algorithm: str = "RS256", host: str = "127.0.0.1") -> Iterator[Issuer]:
+    """An issuer with one key, serving discovery and JWKS on a free port of `host` until the block ends."""
     issuer = Issuer(url="", algorithm=algorithm)
     issuer.rotate()
 
@@ -128,7 +129,7 @@ def running_issuer(algorithm: str = "RS256") -> Iterator[Issuer]:
             if self.path == DISCOVERY:
                 body = {
                     "issuer": issuer.url,
-                    "jwks_uri": issuer.url + JWKS,
+                    "jwks_uri": issuer.jwks_uri or issuer.url + JWKS,
                     "id_token_signing_alg_values_supported": [],
                 }
             elif self.path == JWKS:
@@ -146,8 +147,8 @@ def running_issuer(algorithm: str = "RS256") -> Iterator[Issuer]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    issuer.url = f"http://127.0.0.1:{server.server_address[1]}"
+    server = ThreadingHTTPServer((host, 0), Handler)
+    issuer.url = f"http://{host}:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

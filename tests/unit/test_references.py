@@ -1,6 +1,6 @@
 import pytest
 
-from app.errors import DigestInvalid, NameInvalid, TagInvalid
+from app.errors import DigestInvalid, NameDenied, TagInvalid
 from app.registry.references import check_digest, check_name, check_reference, check_tag
 
 GOOD_NAMES = [
@@ -17,14 +17,29 @@ def test_names_of_the_spec_grammar_are_accepted(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
-def test_names_outside_the_grammar_are_name_invalid(name: str) -> None:
-    with pytest.raises(NameInvalid):
+def test_names_outside_the_grammar_are_denied(name: str) -> None:
+    with pytest.raises(NameDenied) as refused:
+        check_name(name)
+    assert refused.value.code == "DENIED" and refused.value.status == 403
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("Team/X", "repository names are lowercase"),
+        ("team/blobs", "'blobs' is a reserved path component"),
+        ("x" * 256, "at most 255 characters"),
+        ("a__-b", "components of lowercase letters and digits"),
+    ],
+)
+def test_a_refused_name_says_why(name: str, why: str) -> None:
+    with pytest.raises(NameDenied, match=why):
         check_name(name)
 
 
 @pytest.mark.parametrize("name", OVERLAPPING_NAMES)
-def test_names_inside_another_repositorys_keys_are_name_invalid_saying_why(name: str) -> None:
-    with pytest.raises(NameInvalid, match="would put this repository's objects"):
+def test_names_inside_another_repositorys_keys_are_denied_saying_why(name: str) -> None:
+    with pytest.raises(NameDenied, match="would put this repository's objects"):
         check_name(name)
 
 

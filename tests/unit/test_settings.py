@@ -1,6 +1,6 @@
 import pytest
 
-from app.settings import SettingsError, load_settings
+from app.settings import SettingsError, load_settings, unknown_variables
 from app.storage.s3 import client_config
 
 
@@ -16,6 +16,27 @@ def test_a_wrong_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("REGISTRY_STORAGE", "floppy")
     with pytest.raises(SettingsError, match="REGISTRY_STORAGE"):
         load_settings()
+
+
+@pytest.mark.parametrize("spelling", ["S3", " s3 ", "S3\n"])
+def test_the_backend_name_is_case_insensitive(monkeypatch: pytest.MonkeyPatch, spelling: str) -> None:
+    for name, value in {"STORAGE": spelling, "S3_BUCKET": "b", "S3_ACCESS_KEY": "k", "S3_SECRET_KEY": "s"}.items():
+        monkeypatch.setenv(f"REGISTRY_{name}", value)
+    monkeypatch.setenv("REGISTRY_LOG_FORMAT", "JSON")
+    settings = load_settings()
+    assert (settings.storage, settings.log_format) == ("s3", "json")
+
+
+def test_unknown_variables_are_named_with_the_closest_setting(tmp_path) -> None:
+    (tmp_path / ".env").write_text("# comment\nREGISTRY_PUBLIC_ULR=https://x\nOTHER=1\n")
+    environ = {"REGISTRY_STORGE": "s3", "REGISTRY_STORAGE": "s3", "REGISTRY_SERVICE_HOST": "10.0.0.1", "HOME": "/"}
+    environ |= {"REGISTRY_PORT_5000_TCP_ADDR": "10.0.0.1", "REGISTRY_ZZZZ": "1"}
+    assert unknown_variables(environ, tmp_path / ".env") == [
+        "REGISTRY_STORGE is not a setting and is ignored (did you mean REGISTRY_STORAGE?)",
+        "REGISTRY_ZZZZ is not a setting and is ignored (the settings are listed in docs/settings.md)",
+        f"REGISTRY_PUBLIC_ULR in {tmp_path / '.env'} is not a setting and is ignored "
+        "(did you mean REGISTRY_PUBLIC_URL?)",
+    ]
 
 
 def test_s3_without_credentials_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
