@@ -29,7 +29,8 @@ is +inf and nothing counts: the store is asked.
   manifest's check, which asks the store);
 - a write by another process: content-addressed objects never change, so "present" stays true; "absent" is
   given from a listing only when no process sharing the staging disk published the blob since (replicas on a
-  shared volume write a marker there first). A writer outside (a `copy` on another machine) can make that "absent"
+  shared volume write a marker there first; a marker counts only if written after this process started and
+  after the horizon: a run before may have removed the blob). A writer outside (a `copy` on another machine) can make that "absent"
   wrong for up to LISTING_TTL_S: the client uploads the blob again and the create-only write keeps the one
   already there (nothing a client relies on is ever answered wrong: the blob it uploaded itself is known);
 - `fsck --repair` only adds what is missing (derived documents, digest keys): no belief becomes false.
@@ -136,6 +137,9 @@ class Beliefs:
         self._records: set[str] = set()
         self._records_listed_at = -math.inf
         self._records_written: set[str] = set()
+        # Evidence other processes left on the staging disk counts only from this process's start on: a gc run
+        # (or an fsck repair) before it may have removed what that evidence tells of, and it never saw the run.
+        self.started = clock()
 
     def fresh(self, at: float, window: float) -> bool:
         """The one rule: learnt after the horizon, and less than `window` seconds ago."""
@@ -209,7 +213,10 @@ class Beliefs:
         if kind is not Kind.BLOB or self.staging is None:
             return None
         found = self.staging.recently_published(name, reference)
-        return found[0] if found is not None and found[1] > self.horizon() else None
+        return found[0] if found is not None and self._evidence_counts(found[1]) else None
+
+    def _evidence_counts(self, at: float) -> bool:
+        return at > self.horizon() and at > self.started
 
     async def warm(self, name: str) -> None:
         """List the repository's blobs and manifests and read its tags list (together: one round trip)."""
@@ -233,7 +240,7 @@ class Beliefs:
         if self.deletes_enabled or self.staging is None:
             return False
         found = self.staging.recently_published(name, digest)
-        return found is not None and found[1] > self.horizon()
+        return found is not None and self._evidence_counts(found[1])
 
     async def check(self, name: str, blobs: Iterable[Descriptor], children: Iterable[Descriptor]) -> Checked:
         """Which of these blobs and child manifests are not in the repository, or not of the size declared.

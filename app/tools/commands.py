@@ -41,7 +41,13 @@ def say_if_empty(command: str, settings: Settings, keys: int) -> None:
 
 def run_fsck(args: argparse.Namespace) -> int:
     settings = load_settings()
-    report = fsck(existing_store(settings), repair=args.repair, blobs=args.blobs)
+    # Longer than the replicas' watch: they have all seen the run before a repair removes what they may believe.
+    announce = 2 * settings.gc_watch_seconds + 1
+    try:
+        report = fsck(existing_store(settings), repair=args.repair, blobs=args.blobs, announce_seconds=announce)
+    except GcRunning as exc:
+        print(f"storj-registry fsck: {exc}; repair once it is over", file=sys.stderr)
+        return EXIT_PROBLEMS
     say_if_empty("fsck", settings, report.keys)
     return EXIT_PROBLEMS if report.left else 0
 

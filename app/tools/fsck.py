@@ -32,6 +32,7 @@ from app.registry import catalog_page, documents
 from app.registry.formats import INDEXES
 from app.storage import KeyBlocked, Storage
 from app.tools.blob_scan import BlobRead, blob_targets, meter_for, read_blobs
+from app.tools.gc_run import RunTiming, announced_run
 from app.tools.inventory import (
     Inventory,
     Progress,
@@ -79,6 +80,11 @@ class Report:
         )
 
 
+# Repairs that remove what a service replica may believe is there (a blob, a repository in the catalog): they are
+# made during an announced run (app/registry/gc_runs.py), so that every replica stops relying on memory first.
+ENDS_BELIEFS = frozenset({"short-blob", "blob-digest-mismatch", "stale-catalog-entry"})
+
+
 def fsck(
     storage: Storage,
     *,
@@ -86,7 +92,10 @@ def fsck(
     blobs: bool = False,
     out: TextIO | None = None,
     progress: Progress | None = None,
+    announce_seconds: float = 0.0,
 ) -> Report:
+    """Check (and with `repair`, fix) the store. A repair that removes something a replica may believe is there is
+    made inside an announced gc run, held `announce_seconds` first (longer than the replicas' watch interval)."""
     progress = progress or Progress("fsck")
     out = out or sys.stdout
     inventory = take_inventory(storage, progress)
@@ -100,20 +109,30 @@ def fsck(
     for problem in checker.problems(progress):
         report.problems.append(problem)
         print(problem.line(), file=out, flush=True)
-        if repair and problem.repair is not None:
-            try:
-                problem.repair()
-            except KeyBlocked as exc:  # another object's path is in the way: an operator must choose which goes
-                print(f"UNREPAIRED {problem.code} {problem.key} {exc}", file=out, flush=True)
-                continue
-            report.repaired += 1
-            print(f"REPAIRED {problem.code} {problem.key}", file=out, flush=True)
+    if repair and any(problem.code in ENDS_BELIEFS for problem in report.problems if problem.repair):
+        with announced_run(storage, RunTiming(settle_seconds=announce_seconds, mark_seconds=0), progress):
+            make_repairs(report, out)
+    elif repair:
+        make_repairs(report, out)
     if inventory.quarantined:
         progress.say(
             f"{len(inventory.quarantined)} blob(s) in {layout.QUARANTINE}, moved aside by --repair: delete them"
         )
     progress.say(report.summary())
     return report
+
+
+def make_repairs(report: Report, out: TextIO) -> None:
+    for problem in report.problems:
+        if problem.repair is None:
+            continue
+        try:
+            problem.repair()
+        except KeyBlocked as exc:  # another object's path is in the way: an operator must choose which goes
+            print(f"UNREPAIRED {problem.code} {problem.key} {exc}", file=out, flush=True)
+            continue
+        report.repaired += 1
+        print(f"REPAIRED {problem.code} {problem.key}", file=out, flush=True)
 
 
 class Checker:

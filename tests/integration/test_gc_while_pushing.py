@@ -137,3 +137,17 @@ def test_gc_in_a_loop_never_deletes_what_a_push_relies_on(
     out = io.StringIO()
     fsck(storage, out=out)
     assert out.getvalue() == ""
+
+
+def test_a_tag_retention_deleted_and_pushed_again_is_listed(settings: Settings) -> None:
+    """The service had seen the tag in `tags/list`; retention deleted it since: memory must not say "listed"."""
+    expire_all = parse({"retention": [{"repositories": ["ci/*"], "keep_last": 0}]})
+    with running_registry(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        push_like_a_client(client, "tmp-1", 1)
+        assert client.get(f"/v2/{NAME}/tags/list").json()["tags"] == ["tmp-1"]
+        out = io.StringIO()
+        gc(open_storage(settings), delete=True, grace_seconds=0, policy=expire_all, timing=TIMING, out=out)
+        assert f"deleted {layout.manifest(NAME, 'tmp-1')}" in out.getvalue()
+        time.sleep(WATCH_SECONDS * 3)  # the service sees the run end
+        push_like_a_client(client, "tmp-1", 1)  # its blobs went too: uploaded again
+        assert client.get(f"/v2/{NAME}/tags/list").json()["tags"] == ["tmp-1"]
