@@ -30,10 +30,12 @@ is +inf and nothing counts: the store is asked.
 - a write by another process: content-addressed objects never change, so "present" stays true; "absent" is
   given from a listing only when no process sharing the staging disk published the blob since (replicas on a
   shared volume write a marker there first; a marker counts only if written after this process started and
-  after the horizon: a run before may have removed the blob). A writer outside (a `copy` on another machine) can make that "absent"
-  wrong for up to LISTING_TTL_S: the client uploads the blob again and the create-only write keeps the one
-  already there (nothing a client relies on is ever answered wrong: the blob it uploaded itself is known);
-- `fsck --repair` only adds what is missing (derived documents, digest keys): no belief becomes false.
+  after the horizon: a run before may have removed the blob). A writer outside (a `copy` on another machine)
+  can make that "absent" wrong for up to LISTING_TTL_S: the client uploads the blob again and the create-only
+  write keeps the one already there (nothing a client relies on is answered wrong: the blob it uploaded itself
+  is known);
+- `fsck --repair`: what it adds (derived documents, digest keys) makes no belief false; what it removes (a
+  corrupt blob, a stale catalog entry) it removes during an announced run, which moves the horizon.
 
 Not beliefs: `v2/index.html` and the catalog page are written once per process (create-only / compared), the
 next-digest guess of an upload (`Uploads.wanted`) costs speed only when wrong, and the gc claims a replica made
