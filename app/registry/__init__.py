@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -55,13 +56,16 @@ class Registry:
     gc_runs: GcRuns
     notifier: Notifier
     _warming: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
+    # Set once the start-up work (the gc announcement, the store's abilities, the warm-up) is over, however it went:
+    # a thread-safe flag, so that a test can start counting a push's requests from a quiet store.
+    started_up: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Registry]:
-        """The registry's lifetime (see the module's docstring)."""
-        await self._before_first_write()
+        """The registry's lifetime (see the module's docstring). Nothing here holds the start on the store: the gc
+        watch reads the announcement at once, and whatever relies on the store first waits for that read."""
         async with (
-            in_background(self.warm()),
+            in_background(self._start_up()),
             in_background(self.gc_runs.watch()),
             in_background(purge_forever(self.uploads, self.settings.upload_max_age_seconds)),
         ):
@@ -73,17 +77,22 @@ class Registry:
                 await self.settle()
                 await self.notifier.stop()
 
-    async def _before_first_write(self) -> None:
-        """Whether a gc run is on (a process must not rely on anything it did not check during one), and whether
-        the store refuses a stale conditional write (app/registry/documents.py)."""
+    async def _start_up(self) -> None:
+        """The gc announcement first (what is learnt before it is not believed), then the rest at once."""
         try:
-            await self.gc_runs.refresh()
-            probe = getattr(self.storage, "probe_conditional_overwrite", None)
-            if probe is not None:
+            with contextlib.suppress(StorageFault):
+                await self.gc_runs.know()
+            await asyncio.gather(self._learn_the_store(), self.warm())
+        finally:
+            self.started_up.set()
+
+    async def _learn_the_store(self) -> None:
+        """Whether the store refuses a stale conditional write (app/registry/documents.py); until this is known,
+        and if it cannot be learnt, documents are written the way that is correct without it."""
+        probe = getattr(self.storage, "probe_conditional_overwrite", None)
+        if probe is not None:
+            with contextlib.suppress(StorageFault):
                 await run(probe)
-        except StorageFault as exc:  # the store may come back; until the watch reads it, nothing is trusted
-            log.warning("could not read the gc announcement at start: %s", exc)
-            self.gc_runs.assume_running()
 
     async def warm(self) -> None:
         """At start, off any push's path, read what pushes will ask: whether `v2/index.html` is there, the

@@ -74,7 +74,10 @@ class GcRuns:
         self.run: Run | None = None
         self.ended_at = -math.inf  # when this replica saw the last run gone (wall clock)
         self.claimed: set[str] = set()  # keys this replica claimed in the current run: safe until it ends
-        self.unsure = False  # the announcement could not be read yet: trust nothing until it is
+        # Until the announcement is first read, this process knows nothing of a run: it trusts no memory, and
+        # nothing it relies on is used before the read (`claim` waits for it).
+        self.unsure = True
+        self._reading = asyncio.Lock()
 
     @property
     def active(self) -> bool:
@@ -87,9 +90,14 @@ class GcRuns:
         anything learnt before). See app/registry/beliefs.py."""
         return math.inf if self.run is not None or self.unsure else self.ended_at
 
-    def assume_running(self) -> None:
-        """The announcement could not be read: behave as during a run (ask the store) until the watch reads it."""
-        self.unsure = True
+    async def know(self) -> None:
+        """Read the announcement unless this process already has: before the first reliance on anything stored.
+        A store that cannot be read raises (the request fails with 503), rather than going on unknowing."""
+        if not self.unsure:
+            return
+        async with self._reading:
+            if self.unsure:
+                await self.refresh()
 
     async def refresh(self) -> None:
         found = await run(self.storage.read_small, layout.GC_RUN)
@@ -114,18 +122,18 @@ class GcRuns:
         self.run = Run(run_id, candidates)
 
     async def watch(self) -> None:
-        """Look every `watch_seconds`, the first time one interval after the start: a replica starting during a
-        run is then no later to know of it than one that looked just before the run began, which gc's waits
-        allow for; and a start costs no request."""
+        """Look at once (a process starting during a run must know it before its first write; the start is not held
+        for it: `know` waits where a request needs it), then every `watch_seconds`."""
         while True:
-            await asyncio.sleep(self.watch_seconds)
             try:
-                await self.refresh()
+                await self.know() if self.unsure else await self.refresh()
             except (StorageFault, ValueError) as exc:  # keep the last state: a store hiccup announces nothing
-                log.warning("could not read the gc announcement: %s", exc)
+                log.debug("could not read the gc announcement: %s", exc)
+            await asyncio.sleep(self.watch_seconds)
 
     async def claim(self, keys: Iterable[str]) -> None:
         """Keep the run from deleting `keys`; if it already condemned one, return only once it is over."""
+        await self.know()
         current = self.run
         if current is None:
             return

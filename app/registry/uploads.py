@@ -194,7 +194,11 @@ class Uploads:
         current = self.size(upload)
         if body.start is not None and body.start != current:
             raise RangeInvalid("chunk does not continue the upload", detail={"size": current, "start": body.start})
-        chunks = self.limits.watch(body.chunks, current, body.length) if self.limits else body.chunks
+        try:
+            chunks = self.limits.watch(body.chunks, current, body.length) if self.limits else body.chunks
+        except BodyRefused:  # declared too large, or no room on the disk: the session could never finish
+            await self._discard(upload)
+            raise
         parts = self.parts_of(upload)
         writer = BatchWriter(self._writer, upload.data, self._hash_at(upload.id, current), current, parts)
         try:

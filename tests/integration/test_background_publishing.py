@@ -117,3 +117,17 @@ def test_a_replica_sharing_the_staging_disk_waits_for_the_write_in_flight_and_wr
         assert counted.count("PUT", path=f"/blobs/{digest(LAYER)}$") == 0
     assert proxy.count("PUT", path=f"/blobs/{digest(LAYER)}$") == 1
     assert s3_server.objects(bucket)[blob_key(LAYER)].size == len(LAYER)
+
+
+def test_a_blob_get_redirected_to_the_bucket_right_after_its_201_finds_it_there(
+    s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """With REGISTRY_PUBLIC_URL a GET redirects to the bucket: not before the write behind the 201 is done."""
+    proxy.add(delay(1, method="PUT", path=f"/blobs/{digest(LAYER)}$"))
+    settings = background(s3_server, bucket, tmp_path, proxy, public_url="http://pull.example.com")
+    with running_registry(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert put_blob(client, LAYER).status_code == 201
+        redirected = client.get(f"/v2/{NAME}/blobs/{digest(LAYER)}", follow_redirects=False)
+        assert redirected.status_code == 307
+        assert redirected.headers["Location"] == f"http://pull.example.com/{blob_key(LAYER)}"
+        assert blob_key(LAYER) in s3_server.objects(bucket)

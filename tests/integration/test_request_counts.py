@@ -17,11 +17,13 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app.registry import build_registry
 from app.settings import Settings
 from tests.conftest import proxied_settings
 from tests.support.fault_proxy import FaultProxy, no_conditional_overwrite, storj_write_limit
@@ -73,11 +75,20 @@ def counted_settings(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: Fa
     return proxied_settings(s3_server, bucket, tmp_path, proxy, publish_in_background=True, gc_watch_seconds=300)
 
 
+@contextmanager
+def started(settings: Settings, proxy: FaultProxy) -> Iterator[str]:
+    """A registry whose start-up work (gc announcement, store probe, warm-up) is over, its requests forgotten."""
+    registry = build_registry(settings)
+    with running_registry(settings, registry) as url:
+        assert registry.started_up.wait(30)
+        proxy.quiet()
+        proxy.forget_requests()
+        yield url
+
+
 @pytest.fixture
 def registry(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy, storj_limits: None) -> Iterator[str]:
-    with running_registry(counted_settings(s3_server, bucket, tmp_path, proxy)) as url:
-        proxy.quiet()  # the start-up work (Registry.warm) is done
-        proxy.forget_requests()
+    with started(counted_settings(s3_server, bucket, tmp_path, proxy), proxy) as url:
         yield url
 
 
@@ -107,8 +118,7 @@ def test_retag_of_an_image_already_pushed(
 ) -> None:
     skopeo_push(tmp_path / "src", registry, "team/app:1")
     fresh_settings = counted_settings(s3_server, bucket, tmp_path, proxy)
-    with running_registry(fresh_settings) as fresh:  # another replica, or a restart: it remembers nothing
-        proxy.quiet()
+    with started(fresh_settings, proxy) as fresh:  # another replica, or a restart: it remembers nothing
         time.sleep(STORJ_KEY_INTERVAL)  # tags/list was written just now: Storj takes one write a second to a key
         proxy.forget_requests()
         skopeo_push(tmp_path / "src", fresh, "team/app:2")
