@@ -333,6 +333,7 @@ def test_serve_help_describes_each_option_with_its_default(tmp_path: Path) -> No
     assert "--host HOST address to listen on" in text and "REGISTRY_LISTEN_HOST, else 127.0.0.1" in text
     assert "--port PORT TCP port to listen on" in text and "REGISTRY_LISTEN_PORT, else 5000" in text
     assert "(default: info)" in text
+    assert "docs/settings.md" in text and "REGISTRY_STORAGE filesystem (default) or s3" in text
     version = run(tmp_path, "--version")
     assert version.returncode == 0 and version.stdout.startswith("storj-registry ")
 
