@@ -62,7 +62,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     if not settings.auth_enabled:
         log.warning(
             "authentication is OFF: anyone who can reach this service can push and overwrite images "
-            "(set REGISTRY_AUTH_HTPASSWD, see README 'Security')"
+            "(set REGISTRY_AUTH_HTPASSWD, see docs/security.md)"
         )
 
 

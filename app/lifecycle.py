@@ -122,7 +122,7 @@ def _bind_problem(exc: OSError, port: int) -> str:
     return _reason(exc)
 
 
-async def warn_if_store_unusable(storage: Storage) -> None:
+async def warn_if_store_unusable(storage: Storage, unusable: asyncio.Event | None = None) -> None:
     """Check the store once, in the background, and say loudly when it fails: the service still starts (the
     store may come back), but an operator should not learn of wrong keys from the first push's 503.
 
@@ -136,6 +136,8 @@ async def warn_if_store_unusable(storage: Storage) -> None:
         await anyio.to_thread.run_sync(storage.check, abandon_on_cancel=True)
     except StorageFault as exc:
         problem = describe(exc)
+        if unusable is not None:
+            unusable.set()  # the app's start stops waiting on the store (app.api.page.publishing_page)
         if notices.first(problem):
             log.warning(UNUSABLE, problem)
 
@@ -148,9 +150,16 @@ class DrainingServer(uvicorn.Server):
     """
 
     def __init__(
-        self, config: uvicorn.Config, drain: Drain, drain_seconds: float, storage: Storage | None = None
+        self,
+        config: uvicorn.Config,
+        drain: Drain,
+        drain_seconds: float,
+        storage: Storage | None = None,
+        unusable: asyncio.Event | None = None,
     ) -> None:
+        """`unusable` is set when the start-up check finds the store unusable (the app's start then stops waiting)."""
         super().__init__(config)
+        self.unusable = unusable
         self.drain = drain
         self.drain_seconds = drain_seconds
         self.storage = storage
@@ -161,7 +170,7 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: Any = None) -> None:
         """The store check first, so that its warning does not wait for the app's start (the page, the warm-up)."""
         if self.storage is not None:
-            self.store_check = asyncio.create_task(warn_if_store_unusable(self.storage))
+            self.store_check = asyncio.create_task(warn_if_store_unusable(self.storage, self.unusable))
         await super().startup(sockets)
         if self.started:
             scheme = "https" if self.config.ssl else "http"
@@ -277,5 +286,7 @@ def serve(
         **uvicorn_options,
     )
     logging.getLogger("uvicorn.error").addFilter(StopInWords())
-    server = DrainingServer(config, drain_of(app), settings.shutdown_drain_seconds, app.state.registry.storage)
+    app.state.store_unusable = asyncio.Event()
+    storage = app.state.registry.storage
+    server = DrainingServer(config, drain_of(app), settings.shutdown_drain_seconds, storage, app.state.store_unusable)
     server.run(sockets=[sock])

@@ -22,10 +22,7 @@ from app.registry.catalog_page import CatalogPage
 from app.registry.purging import in_background
 from app.storage import StorageFault
 
-# Start-up waits this long for the page (a store that answers has it written by then: one read, or three writes);
-# a slower or unreachable store gets it in the background, and `/` writes it first when asked before. Longer would
-# hold the start (and the listening port) hostage to the store's timeouts: it was 10 s.
-START_WAIT_SECONDS = 1.0
+START_WAIT_SECONDS = 10.0  # start-up waits this long for the store; a slower store gets the page in the background
 ASSET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 log = logging.getLogger("storj_registry")
@@ -76,9 +73,19 @@ def content_security_policy(public_url: str | None) -> str:
 
 @contextlib.asynccontextmanager
 async def publishing_page(app: FastAPI) -> AsyncIterator[None]:
-    """Lifespan part: publish the page at start-up without letting an unreachable store hold the start for long."""
+    """Lifespan part: publish the page at start-up without letting an unreachable store hold the start.
+
+    The wait ends early when `serve`'s store check (app.lifecycle) finds the store unusable: the page's own writes
+    would only time out and retry, and the start (the listening port) would wait for them.
+    """
     async with in_background(_publish(app.state.registry.page)) as task:
-        await asyncio.wait({task}, timeout=START_WAIT_SECONDS)
+        unusable: asyncio.Event | None = getattr(app.state, "store_unusable", None)
+        waits: set[asyncio.Future[object]] = {task}
+        if unusable is not None:
+            waits.add(asyncio.ensure_future(unusable.wait()))
+        await asyncio.wait(waits, timeout=START_WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits - {task}:
+            waiting.cancel()
         yield
 
 

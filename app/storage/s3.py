@@ -57,7 +57,7 @@ def check_config(settings: Settings) -> Config:
     """`client_config` for the store check: one attempt, short timeouts."""
     return client_config(settings).merge(
         Config(
-            retries={"mode": "standard", "max_attempts": 1},
+            retries={"mode": "standard", "total_max_attempts": 1},
             connect_timeout=CHECK_CONNECT_SECONDS,
             read_timeout=CHECK_READ_SECONDS,
         )

@@ -332,7 +332,7 @@ def add_mirror_commands(commands: argparse._SubParsersAction) -> None:
     mirror = commands.add_parser(
         "sync",
         help="copy the images a YAML file selects (tags, regex, newest N) into the bucket; idempotent",
-        description='See the README\'s "Publish and mirror without a server". ' + exits,
+        description="The YAML file's keys: docs/operations.md, 'Publish and mirror without a server'. " + exits,
     )
     mirror.add_argument("config", help="YAML file listing the mirrors")
     mirror.add_argument("--json", action="store_true", help="print the summary as JSON (and no progress)")

@@ -115,6 +115,10 @@ def test_json_summary_of_a_rerun_shows_nothing_written(
     total = rerun.json()["total"]
     assert (total["blobs_uploaded"], total["manifests_written"], total["manifests_present"]) == (0, 0, 1)
     assert json.loads(rerun.out)["jobs"][0]["ok"] is True
+    plain = cli(settings, "copy", f"oci:{tmp_path / 'layout'}:v1", "team/again")
+    job, total_line = plain.out.splitlines()  # a no-op says so, not "copied ... 0 uploaded"
+    assert job.startswith(f"up to date oci:{tmp_path / 'layout'}:v1 -> team/again:v1 sha256:"), job
+    assert total_line == "up to date: 1 image(s) already in the bucket, nothing written"
 
 
 def test_an_unreachable_bucket_exits_3(cli: Callable[..., Run], tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from tests.ops._service import REPOSITORY_ROOT, ServiceProcess, s3_environment
 from tests.support.images import blob_path, diff_id, make_layer, oci_ref, write_image
 from tests.support.pushing import OCI_MANIFEST
 from tests.support.seaweed import S3Server
-from tests.support.tools import free_port
+from tests.support.tools import free_port, require_tool
 
 COMMAND_TIMEOUT_S = 60.0
 
@@ -333,6 +333,7 @@ def test_serve_help_describes_each_option_with_its_default(tmp_path: Path) -> No
     assert "--host HOST address to listen on" in text and "REGISTRY_LISTEN_HOST, else 127.0.0.1" in text
     assert "--port PORT TCP port to listen on" in text and "REGISTRY_LISTEN_PORT, else 5000" in text
     assert "(default: info)" in text
+    assert "docs/settings.md" in text and "REGISTRY_STORAGE filesystem (default) or s3" in text
     version = run(tmp_path, "--version")
     assert version.returncode == 0 and version.stdout.startswith("storj-registry ")
 
@@ -387,3 +388,28 @@ def test_the_readme_first_push_from_a_saved_image_and_back(tmp_path: Path) -> No
     (layer,) = manifest["layers"]
     assert diff_id(blob_path(back, layer["digest"]).read_bytes()) == diff_id(make_layer(7, 20_000))
     assert len(image.layer_digests) == 1
+
+
+@pytest.mark.e2e
+def test_the_readme_offline_first_push(tmp_path: Path) -> None:
+    """An image built from a file with umoci, pushed with skopeo and copied with `storj-registry copy`, as the
+    README's first push does with no network."""
+    umoci = require_tool("umoci")
+    (tmp_path / "README.md").write_text("hello\n")
+    for step in (["init", "--layout", "./img"], ["new", "--image", "./img:1"]):
+        subprocess.run([umoci, *step], cwd=tmp_path, check=True, capture_output=True)
+    insert = ["insert", "--rootless", "--image", "./img:1", "README.md", "/README.md"]
+    subprocess.run([umoci, *insert], cwd=tmp_path, check=True, capture_output=True)
+    service = ServiceProcess(tmp_path / "service", {})
+    try:
+        service.wait_ready()
+        host = f"127.0.0.1:{service.port}"
+        skopeo("copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'img'}:1", f"docker://{host}/demo/hello:1")
+        skopeo("copy", "--src-tls-verify=false", f"docker://{host}/demo/hello:1", oci_ref(tmp_path / "back", "1"))
+    finally:
+        service.stop()
+    copied = run(tmp_path, "copy", "oci:./img:1", "demo/hello:1")
+    assert copied.returncode == 0, copied.stderr
+    assert copied.stderr.splitlines()[0] == f"storj-registry copy: store: filesystem {tmp_path / 'data'}"
+    (entry,) = json.loads((tmp_path / "back" / "index.json").read_text())["manifests"]
+    assert (tmp_path / "data" / "v2" / "demo" / "hello" / "manifests" / entry["digest"]).is_file()
