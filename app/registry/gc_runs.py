@@ -1,7 +1,7 @@
 """What the service knows of a `storj-registry gc --delete` run on its bucket, and how a push keeps what it relies
 on from being deleted by it, across replicas and without a lock service.
 
-The protocol (README "gc while pushes run"), with R the service's watch interval:
+The protocol (docs/architecture.md, "The gc protocol"), with R the service's watch interval:
 
 1. gc writes `layout.GC_RUN` (`{"id", "phase": "announced"}`), then waits longer than R and the service's trust
    windows: from then on every replica has seen the run, and relies on nothing it checked before it.
