@@ -81,7 +81,7 @@ BLOB_LOCATIONS = "v2/_blobs/"
 
 
 def blob_location(digest: str) -> str:
-    """Record naming one repository that holds blob `digest` (automatic layer sharing, docs/operations.md "Shared layers").
+    """Record naming one repository that holds blob `digest` (layer sharing, docs/operations.md "Shared layers").
 
     `_blobs` cannot be a repository name (names start with `[a-z0-9]`), so the key never collides with one.
     """
