@@ -13,7 +13,8 @@ shared staging disk compares) may answer a question at time `now` only if `t` is
 | a client's HEAD: is the blob there? (no) | LISTING_TTL_S, from a listing | no process sharing the staging |
 | | | disk published it since |
 | may a manifest naming it be published without asking? | EVIDENCE_TRUST_S (seen), | deletes disabled |
-| | WRITE_TRUST_S (written here) | |
+| | WRITE_TRUST_S (written here), | |
+| | PUBLISHED_TTL_S (written by a replica sharing the staging disk) | |
 | is the tag in `tags/list`? the repository in `_catalog`? | DOCUMENT_TRUST_S | deletes disabled |
 | is there a location record for the blob? (a hint) | RECORDS_TTL_S, from a listing | |
 | may a HEAD miss share the blob back? | until a write of it here | it was not deleted here |
@@ -233,9 +234,11 @@ class Beliefs:
         if self.deletes_enabled:
             return False
         seen = self._repository(name).of(kind).seen.get(reference)
-        if seen is None:
-            return False
-        return self.fresh(seen.at, EVIDENCE_TRUST_S) or (seen.written and self.fresh(seen.at, WRITE_TRUST_S))
+        if seen is not None and (
+            self.fresh(seen.at, EVIDENCE_TRUST_S) or (seen.written and self.fresh(seen.at, WRITE_TRUST_S))
+        ):
+            return True
+        return kind is Kind.BLOB and self.published_elsewhere(name, reference)  # a write by a replica beside us
 
     def published_elsewhere(self, name: str, digest: str) -> bool:
         """Did a process sharing the staging disk put this blob in `name` since the horizon (and deletes are off)?"""
@@ -275,7 +278,11 @@ class Beliefs:
     def _vouched_size(self, name: str, kind: Kind, reference: str) -> int | None:
         if not self.vouched(name, kind, reference):
             return None
-        return self._repository(name).of(kind).seen[reference].size
+        seen = self._repository(name).of(kind).seen.get(reference)
+        if seen is not None and seen.size is not None:
+            return seen.size
+        found = self.staging.recently_published(name, reference) if self.staging else None
+        return found[0] if found is not None else None
 
     async def _check_by_head(self, name: str, references: list[tuple[Kind, str]]) -> dict[tuple[Kind, str], int | None]:
         """HEAD each, a batch at a time, up to the first batch that finds one missing (later ones are left out)."""
