@@ -133,6 +133,24 @@ def gc_condemned(run_id: str) -> str:
     return f"{gc_state(run_id)}condemned"
 
 
+GC_PARTICIPANTS = f"{GC_STATE}participants/"
+
+
+def gc_participant(participant: str) -> str:
+    """A writer (a replica, `copy`, `sync`) that heeds gc runs, rewritten while it runs: gc waits for what it
+    acknowledges (app/registry/gc_runs.py)."""
+    return GC_PARTICIPANTS + participant
+
+
+def gc_acks(run_id: str, phase: str) -> str:
+    return f"{gc_state(run_id)}acks/{phase}/"
+
+
+def gc_ack(run_id: str, phase: str, participant: str) -> str:
+    """Participant `participant` has seen the run in `phase` and is ready for the next."""
+    return gc_acks(run_id, phase) + participant
+
+
 def gc_claims(run_id: str) -> str:
     return f"{gc_state(run_id)}claims/"
 

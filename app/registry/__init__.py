@@ -75,6 +75,7 @@ class Registry:
                 yield self
             finally:
                 await self.settle()
+                await self.gc_runs.leave()
                 await self.notifier.stop()
 
     async def _start_up(self) -> None:

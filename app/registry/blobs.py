@@ -67,10 +67,16 @@ class Blobs:
         self.publishing = Publishing(uploads, self._publish_verified)
 
     async def size(self, name: str, digest: str) -> int | None:
-        """The blob's size if the repository holds it (or it is verified and on its way there), else None."""
-        await self.gc_runs.claim([layout.blob(name, digest)])
-        pending = self.publishing.size(name, digest)
-        return pending if pending is not None else await self.beliefs.size(name, Kind.BLOB, digest)
+        """The blob's size if the repository holds it (or it is verified and on its way there), else None.
+        A client told it is there may rely on it: a gc run that starts meanwhile keeps it (`GcRuns.promised`)."""
+        key = layout.blob(name, digest)
+        async with self.gc_runs.relying():
+            await self.gc_runs.claim([key])
+            pending = self.publishing.size(name, digest)
+            size = pending if pending is not None else await self.beliefs.size(name, Kind.BLOB, digest)
+        if size is not None:
+            self.gc_runs.promised(key)
+        return size
 
     async def require(self, name: str, digest: str, sharing: SharingPolicy | None = None) -> ObjectInfo:
         """The blob's info, or BLOB_UNKNOWN; with `sharing`, first try copying it from another repository."""
@@ -94,6 +100,7 @@ class Blobs:
         """The final PUT of an upload: its last bytes, the digest verified, the blob on its way to the bucket."""
         upload, sealed = await self.uploads.finish(name, upload_id, digest, body)
         await self._publish_sealed(upload, sealed)
+        self.gc_runs.promised(layout.blob(name, digest))
         self.events.blob_pushed(name, digest, sealed.size)
         return sealed.size
 
@@ -200,6 +207,7 @@ class Blobs:
         else:
             COMMITTED_BLOBS.labels(how).inc()
         self.beliefs.copied_blob(name, digest, source)
+        self.gc_runs.promised(layout.blob(name, digest))
         if announce:
             self.events.blob_mounted(name, digest, source, size)
         return True

@@ -1,33 +1,49 @@
-"""What the service knows of a `storj-registry gc --delete` run on its bucket, and how a push keeps what it relies
-on from being deleted by it, across replicas and without a lock service.
+"""A writer's side of a `storj-registry gc --delete` run: how a push keeps what it relies on from being deleted,
+across replicas and without a lock service, and how gc learns when every writer is ready so it waits no longer.
 
-The protocol (docs/architecture.md, "The gc protocol"), with R the service's watch interval:
+Every writer (a `serve` replica, `copy`, `sync`: anything running `Registry.running()`) is a *participant*: it
+writes `layout.gc_participant(id)` before it first reads the announcement, rewrites it every PRESENCE_SECONDS
+and deletes it when it stops. The protocol (docs/architecture.md, "The gc protocol"):
 
-1. gc writes `layout.GC_RUN` (`{"id", "phase": "announced"}`), then waits longer than R and the service's trust
-   windows: from then on every replica has seen the run, and relies on nothing it checked before it.
-2. gc lists the bucket, decides what goes, writes those keys to `layout.gc_candidates` and sets the phase to
-   `marked`. Each replica reads the candidates within R.
-3. A replica about to rely on a candidate (a blob HEAD or GET, a blob commit, a manifest PUT naming it as a
-   blob, child, digest or tag) first writes a claim (`layout.gc_claim`), then reads `layout.gc_condemned`.
-4. After its grace (longer than R plus a push), gc writes `layout.gc_condemned`, then lists the claims, reads the
-   repositories again, and deletes only the candidates that are neither claimed nor referenced now.
+1. gc writes `layout.GC_RUN` create-only, then lists the participants. Each reads the announcement (its watch,
+   every R seconds, or before its next reliance on the store) and from then on relies on no memory; once the
+   requests it was serving when it saw the run are over, it acknowledges (`layout.gc_ack(run, "announced", id)`).
+   gc waits for those acknowledgements (a participant whose presence went stale does not count), at most
+   `--settle-seconds`: with no participant, not at all.
+2. gc lists the bucket, decides what goes, writes the candidates (`layout.gc_candidates`) and the phase `marked`.
+   Each participant reads them, claims the candidates it told a client were there within PROMISE_SECONDS (a push
+   that HEADed a blob before the run may PUT its manifest after), and acknowledges `marked`; gc waits for that,
+   at most `--mark-seconds`.
+3. A participant about to rely on a candidate (a blob HEAD or GET, a commit, a mount, a manifest naming it as a
+   blob, child, digest or tag) reads the run's state again if it is more than FRESH_SECONDS old, writes a claim
+   (`layout.gc_claim`), then reads `layout.gc_condemned`.
+4. gc writes `layout.gc_condemned`, lists the claims, reads the repositories again, and deletes only the
+   candidates that are neither claimed nor referenced now.
 5. gc deletes its state, `GC_RUN` last.
 
-Claim (write, then read) against condemn (write, then list): on a store with read-after-write consistency at
-least one side sees the other. Either gc sees the claim and keeps the key, or the replica sees the key condemned
-and waits until the run is over, then looks again (a HEAD answers 404 and the client uploads the blob again; a
-manifest PUT is refused as naming unknown content). While no run is announced a push costs nothing more: the
-watch is one GET every R seconds per replica, off the request path.
+Claim (write, then read) against condemn (write, then list), and presence (write, then read the announcement)
+against announce (write, then list the participants): on a store with read-after-write consistency at least one
+side of each pair sees the other. Either gc waits for a participant, or the participant saw the run before it
+relied on anything; either gc sees a claim and keeps the key, or the participant sees it condemned and waits
+until the run is over, then looks again (a HEAD answers 404 and the client uploads the blob again; a manifest PUT
+is refused as naming unknown content). While no run is announced a push costs nothing more: the watch is one GET
+every R seconds per participant, off the request path, and the presence one write every PRESENCE_SECONDS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
+import os
+import re
+import secrets
+import socket
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from anyio.to_thread import run_sync as run
@@ -41,6 +57,11 @@ log = logging.getLogger("storj_registry")
 PHASE_ANNOUNCED, PHASE_MARKED = "announced", "marked"
 HEARTBEAT_SECONDS = 30.0  # a live run rewrites its announcement this often (app/tools/gc_run.py)
 STALE_SECONDS = 300.0  # an announcement untouched this long belongs to a run that died: nothing to heed
+PRESENCE_SECONDS = 300.0  # a participant rewrites its presence this often
+PRESENCE_STALE_SECONDS = 3 * PRESENCE_SECONDS + 60  # a presence untouched this long is a participant that died
+PROMISE_SECONDS = 900.0  # how long after a client was told a blob is there it may rely on that
+MAX_PROMISES = 100_000
+FRESH_SECONDS = 1.0  # during a run, the run's state read before a claim is at most this old
 WAIT_POLL_SECONDS = 0.2
 WAIT_LIMIT_SECONDS = 300.0  # a run deletes what it condemned right away; longer means it died: the push gives up
 
@@ -48,6 +69,7 @@ WAIT_LIMIT_SECONDS = 300.0  # a run deletes what it condemned right away; longer
 @dataclass(frozen=True)
 class Run:
     id: str
+    phase: str = PHASE_ANNOUNCED
     candidates: frozenset[str] = frozenset()
 
 
@@ -67,17 +89,34 @@ def parse_run(body: bytes) -> tuple[str, str] | None:
         return None
 
 
+def participant_id() -> str:
+    """This process, as a key component: its host, its pid and a random part (a restarted pid is another)."""
+    host = re.sub(r"[^a-z0-9.-]+", "-", socket.gethostname().lower()).strip("-.") or "host"
+    return f"{host[:60]}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 class GcRuns:
-    def __init__(self, storage: Storage, watch_seconds: float) -> None:
+    def __init__(self, storage: Storage, watch_seconds: float, *, participate: bool = True) -> None:
         self.storage = storage
         self.watch_seconds = watch_seconds
+        self.participate = participate  # write a presence and acknowledge runs (every Registry.running does)
+        self.id = participant_id()
         self.run: Run | None = None
-        self.ended_at = -math.inf  # when this replica saw the last run gone (wall clock)
-        self.claimed: set[str] = set()  # keys this replica claimed in the current run: safe until it ends
+        self.ended_at = -math.inf  # when this process saw the last run gone (wall clock)
+        self.claimed: set[str] = set()  # keys this process claimed in the current run: safe until it ends
         # Until the announcement is first read, this process knows nothing of a run: it trusts no memory, and
         # nothing it relies on is used before the read (`claim` waits for it).
         self.unsure = True
         self._reading = asyncio.Lock()
+        self._refreshed_at = -math.inf  # monotonic
+        self._present_at = -math.inf  # monotonic: when the presence was last written
+        self._relying: dict[int, float] = {}  # requests relying on the store now -> when they began (monotonic)
+        self._next_request = 0
+        self._promised: OrderedDict[str, float] = OrderedDict()  # blob keys a client was told are there -> when
+        self._acknowledged: set[tuple[str, str]] = set()
+        self._acks: set[asyncio.Task[None]] = set()
+
+    # what a run means for memory --------------------------------------------------------------------------
 
     @property
     def active(self) -> bool:
@@ -86,31 +125,39 @@ class GcRuns:
 
     def horizon(self) -> float:
         """What the service believes about the bucket counts only if learnt after this (wall-clock) time: never
-        while a run is announced, and after one, only what was learnt once its end was seen (it may have deleted
-        anything learnt before). See app/registry/beliefs.py."""
+        while a run is announced (or not yet known), and after one, only what was learnt once its end was seen (it
+        may have deleted anything learnt before). See app/registry/beliefs.py."""
         return math.inf if self.run is not None or self.unsure else self.ended_at
 
+    # reading the announcement -----------------------------------------------------------------------------
+
     async def know(self) -> None:
-        """Read the announcement unless this process already has: before the first reliance on anything stored.
-        A store that cannot be read raises (the request fails with 503), rather than going on unknowing."""
+        """Read the announcement unless this process already has: before its first reliance on anything stored.
+        Its presence is written first (see the module's docstring). A store that cannot be read raises (the
+        request fails with 503), rather than going on unknowing."""
         if not self.unsure:
             return
         async with self._reading:
             if self.unsure:
+                if self.participate:
+                    await self.be_present()
                 await self.refresh()
 
     async def refresh(self) -> None:
+        started = time.monotonic()
         found = await run(self.storage.read_small, layout.GC_RUN)
+        self._refreshed_at = started
         if self.unsure:
             self.unsure, self.ended_at = False, time.time()
         announced = live_run(found)
         if announced is None:
             if self.run is not None:
                 self.ended_at = time.time()
+                log.info("gc run %s is over", self.run.id)
             self.run = None
             return
         run_id, phase = announced
-        if self.run is not None and self.run.id == run_id and (self.run.candidates or phase != PHASE_MARKED):
+        if self.run is not None and self.run.id == run_id and self.run.phase == phase:
             return
         candidates: frozenset[str] = frozenset()
         if phase == PHASE_MARKED:
@@ -119,24 +166,90 @@ class GcRuns:
         if self.run is None or self.run.id != run_id:
             self.claimed = set()
             log.info("gc run %s announced: pushes claim what they rely on until it ends", run_id)
-        self.run = Run(run_id, candidates)
+        self.run = Run(run_id, phase, candidates)
+        if self.participate:
+            self._acknowledge_when_ready(self.run, started)
 
     async def watch(self) -> None:
-        """Look at once (a process starting during a run must know it before its first write; the start is not held
-        for it: `know` waits where a request needs it), then every `watch_seconds`."""
+        """Read the announcement at once (a process starting during a run must know it before its first write;
+        the start is not held for it: `know` waits where a request needs it), then every `watch_seconds`;
+        rewrite the presence every PRESENCE_SECONDS."""
         while True:
             try:
                 await self.know() if self.unsure else await self.refresh()
+                if self.participate and time.monotonic() - self._present_at > PRESENCE_SECONDS:
+                    await self.be_present()
             except (StorageFault, ValueError) as exc:  # keep the last state: a store hiccup announces nothing
                 log.debug("could not read the gc announcement: %s", exc)
             await asyncio.sleep(self.watch_seconds)
 
+    # being a participant ------------------------------------------------------------------------------------
+
+    async def be_present(self) -> None:
+        document = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}).encode()
+        await run(self.storage.put_bytes, layout.gc_participant(self.id), document, layout.JSON, layout.MUTABLE_CACHE)
+        self._present_at = time.monotonic()
+
+    async def leave(self) -> None:
+        """The process stops: gc no longer waits for it."""
+        for task in self._acks:
+            task.cancel()
+        if self.participate and self._present_at > -math.inf:
+            with contextlib.suppress(StorageFault):
+                await run(self.storage.delete, layout.gc_participant(self.id))
+
+    @contextlib.asynccontextmanager
+    async def relying(self) -> AsyncIterator[None]:
+        """Around a request that relies on what is stored: a run's acknowledgement waits for it to end."""
+        self._next_request += 1
+        number = self._next_request
+        self._relying[number] = time.monotonic()
+        try:
+            yield
+        finally:
+            del self._relying[number]
+
+    def promised(self, key: str) -> None:
+        """A client was told the blob at `key` is there: it may rely on it for PROMISE_SECONDS."""
+        self._promised.pop(key, None)
+        self._promised[key] = time.monotonic()
+        while len(self._promised) > MAX_PROMISES:
+            self._promised.popitem(last=False)
+
+    def _acknowledge_when_ready(self, current: Run, seen_at: float) -> None:
+        if (current.id, current.phase) in self._acknowledged:
+            return
+        self._acknowledged.add((current.id, current.phase))
+        task = asyncio.create_task(self._acknowledge(current, seen_at))
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+
+    async def _acknowledge(self, current: Run, seen_at: float) -> None:
+        """Once the requests that began before the run was seen are over (and, once marked, the candidates a client
+        was recently told of are claimed), tell gc this participant is ready."""
+        while any(began < seen_at for began in self._relying.values()):
+            await asyncio.sleep(WAIT_POLL_SECONDS)
+        try:
+            if current.phase == PHASE_MARKED:
+                cutoff = time.monotonic() - PROMISE_SECONDS
+                await self._claim_in(current, [key for key, at in self._promised.items() if at >= cutoff])
+            ack = layout.gc_ack(current.id, current.phase, self.id)
+            await run(self.storage.put_bytes, ack, b"ready", layout.TEXT)
+        except (StorageFault, StorageUnavailable) as exc:  # gc waits for the ack at most its bound
+            log.warning("could not acknowledge gc run %s: %s", current.id, exc)
+
+    # relying on a key during a run -------------------------------------------------------------------------------
+
     async def claim(self, keys: Iterable[str]) -> None:
         """Keep the run from deleting `keys`; if it already condemned one, return only once it is over."""
         await self.know()
+        if self.run is not None and time.monotonic() - self._refreshed_at > FRESH_SECONDS:
+            await self.refresh()  # the run's phase and candidates as they are now, not one watch interval ago
         current = self.run
-        if current is None:
-            return
+        if current is not None:
+            await self._claim_in(current, keys)
+
+    async def _claim_in(self, current: Run, keys: Iterable[str]) -> None:
         claimed = sorted({key for key in keys if key in current.candidates} - self.claimed)
         if not claimed:
             return

@@ -119,20 +119,21 @@ class Manifests:
         digest = self._digest_for(reference, body, None if named is None else check_digest(named))
         writes = [TagWrite(name, tag, body, manifest.media_type, digest) for tag in tags]
         await self._refuse_moving_immutable(writes)
-        await self.gc_runs.claim(self._relied_on(name, manifest, digest, tags))
-        await self._require_references(name, manifest)
-        await self.documents.ensure_index_html()
-        await self._write_by_digest(name, digest, body, manifest.media_type)
-        steps = [self.documents.add_to_catalog(name)]
-        if tags:
-            steps.append(self._write_tags(name, writes))
-        if manifest.subject is not None:
-            descriptor = manifest.descriptor(digest, len(body))
-            steps.append(self.documents.add_referrer(name, manifest.subject.digest, descriptor))
-        await asyncio.gather(*steps)
-        for tag in tags or ("",):  # one event per tag stored, or the push by digest
-            self.events.manifest_pushed(name, tag, digest, manifest.media_type, len(body))
-        return PutResult(digest, manifest.subject.digest if manifest.subject else None, tags)
+        async with self.gc_runs.relying():  # a gc run's acknowledgement waits for this push
+            await self.gc_runs.claim(self._relied_on(name, manifest, digest, tags))
+            await self._require_references(name, manifest)
+            await self.documents.ensure_index_html()
+            await self._write_by_digest(name, digest, body, manifest.media_type)
+            steps = [self.documents.add_to_catalog(name)]
+            if tags:
+                steps.append(self._write_tags(name, writes))
+            if manifest.subject is not None:
+                descriptor = manifest.descriptor(digest, len(body))
+                steps.append(self.documents.add_referrer(name, manifest.subject.digest, descriptor))
+            await asyncio.gather(*steps)
+            for tag in tags or ("",):  # one event per tag stored, or the push by digest
+                self.events.manifest_pushed(name, tag, digest, manifest.media_type, len(body))
+            return PutResult(digest, manifest.subject.digest if manifest.subject else None, tags)
 
     async def _write_by_digest(self, name: str, digest: str, body: bytes, media_type: str) -> None:
         if not self.beliefs.vouched(name, Kind.MANIFEST, digest):

@@ -22,7 +22,7 @@ from app.settings import Settings, SettingsError, load_settings, store_location,
 from app.storage import Storage, StorageFault, open_storage
 from app.tools.fsck import fsck
 from app.tools.gc import DEFAULT_GRACE_SECONDS, Removal, gc
-from app.tools.gc_run import DEFAULT_MARK_SECONDS, DEFAULT_SETTLE_SECONDS, GcRunning, RunTiming
+from app.tools.gc_run import DEFAULT_MARK_SECONDS, DEFAULT_SETTLE_SECONDS, GcRunning, RunTiming, abandon
 
 EXIT_PROBLEMS = 1
 EXIT_STORAGE = 3
@@ -54,6 +54,13 @@ def run_fsck(args: argparse.Namespace) -> int:
 
 def run_gc(args: argparse.Namespace) -> int:
     settings = load_settings()
+    if args.abandon:
+        try:
+            print(f"storj-registry gc: {abandon(existing_store(settings))}", file=sys.stderr)
+        except GcRunning as exc:
+            print(f"storj-registry gc: {exc}", file=sys.stderr)
+            return EXIT_PROBLEMS
+        return 0
     notifier = Notifier(settings)  # before anything is deleted: a wrong events setting stops gc here
     policy = open_policy(settings.policy).policy
     timing = RunTiming(args.settle_seconds, args.mark_seconds)
@@ -204,15 +211,22 @@ def add_tool_commands(commands: argparse._SubParsersAction) -> None:
         "--settle-seconds",
         type=float,
         default=DEFAULT_SETTLE_SECONDS,
-        help="with --delete: wait this long after announcing the run, so every service replica heeds it "
-        f"(default {DEFAULT_SETTLE_SECONDS:.0f}: their watch interval and their trust in earlier checks)",
+        help="with --delete: after announcing the run, wait at most this long for every live replica (and copy, "
+        "sync) to acknowledge it; with none running, gc does not wait "
+        f"(default {DEFAULT_SETTLE_SECONDS:.0f}: a replica that does not acknowledge by then is taken as stuck)",
     )
     collect.add_argument(
         "--mark-seconds",
         type=float,
         default=DEFAULT_MARK_SECONDS,
-        help="with --delete: wait this long between marking candidates and deleting them, so pushes can claim "
-        f"them (default {DEFAULT_MARK_SECONDS:.0f}: longer than a push)",
+        help="with --delete: after marking candidates, wait at most this long for every live replica to claim "
+        f"what its pushes rely on and acknowledge (default {DEFAULT_MARK_SECONDS:.0f}: longer than a push)",
+    )
+    collect.add_argument(
+        "--abandon",
+        action="store_true",
+        help="remove the announcement (and state) of a gc run whose heartbeat has been silent for a minute, as "
+        "after a gc killed with SIGKILL: replicas stop heeding it, the next run need not wait to take it over",
     )
     collect.set_defaults(handler=storage_faults_exit(run_gc))
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,9 +31,10 @@ from typing import Any, TextIO
 from app import layout
 from app.registry import catalog_page, documents
 from app.registry.formats import INDEXES
+from app.registry.gc_runs import STALE_SECONDS
 from app.storage import KeyBlocked, Storage
 from app.tools.blob_scan import BlobRead, blob_targets, meter_for, read_blobs
-from app.tools.gc_run import RunTiming, announced_run
+from app.tools.gc_run import RunTiming, abandon, announced_run
 from app.tools.inventory import (
     Inventory,
     Progress,
@@ -150,6 +152,7 @@ class Checker:
         if self.reading is not None:
             yield from self.check_blob_contents(self.reading)
         yield from self.check_catalog()
+        yield from self.check_gc_run()
         yield from self.check_root()
         yield from self.check_page()
 
@@ -294,6 +297,16 @@ class Checker:
         yield from self.check_document(
             layout.CATALOG, documents.catalog_document(sorted(published)), layout.JSON, rebuild
         )
+
+    def check_gc_run(self) -> Iterator[Problem]:
+        """An announced gc run whose heartbeat stopped: its gc died, and replicas trust no memory meanwhile."""
+        found = self.storage.read_small(layout.GC_RUN)
+        if found is None:
+            return
+        silence = time.time() - (found[1].last_modified or 0)
+        if silence > STALE_SECONDS:
+            detail = f"its heartbeat stopped {silence:.0f}s ago (the gc died); the next run takes it over"
+            yield Problem("stale-gc-run", layout.GC_RUN, detail, partial(abandon, self.storage))
 
     def check_root(self) -> Iterator[Problem]:
         write = partial(self.storage.put_bytes, layout.INDEX_HTML, b"", layout.HTML, layout.MUTABLE_CACHE)

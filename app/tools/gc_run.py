@@ -20,13 +20,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from app import layout
-from app.registry.gc_runs import HEARTBEAT_SECONDS, PHASE_ANNOUNCED, PHASE_MARKED, STALE_SECONDS, parse_run
+from app.registry.gc_runs import (
+    HEARTBEAT_SECONDS,
+    PHASE_ANNOUNCED,
+    PHASE_MARKED,
+    PRESENCE_STALE_SECONDS,
+    STALE_SECONDS,
+    parse_run,
+)
 from app.storage import ObjectExists, Storage
 from app.tools.inventory import Progress
 
-# The service's longest trust in what it checked before (known blobs vouched for from memory) plus its watch.
+# The most gc waits for the participants' acknowledgements (it goes on as soon as every live one has given it):
+# the service's longest trust in what it checked before plus its watch, and longer than a push.
 DEFAULT_SETTLE_SECONDS = 660.0
-DEFAULT_MARK_SECONDS = 900.0  # longer than a push: from its blob checks to its manifest
+DEFAULT_MARK_SECONDS = 900.0
+ACK_POLL_SECONDS = 0.5
+ABANDON_AFTER_SECONDS = 2 * HEARTBEAT_SECONDS  # a run silent this long was killed: `gc --abandon` may clear it
 TAKE_OVER = "taken-over"  # under a dead run's state: the create-only mark of the run that takes it over
 
 
@@ -82,8 +92,37 @@ class GcRun:
         self.storage.delete(layout.GC_RUN)
 
     def settle(self) -> None:
-        self.progress.say(f"run {self.id} announced; waiting {self.timing.settle_seconds:.0f}s for every replica")
-        time.sleep(self.timing.settle_seconds)
+        """Wait until every live participant has seen the run and finished what it was doing (at most the bound)."""
+        self.progress.say(f"run {self.id} announced")
+        self.wait_for(PHASE_ANNOUNCED, self.timing.settle_seconds)
+
+    def wait_for(self, phase: str, bound: float) -> None:
+        """Until each participant whose presence is fresh has acknowledged `phase`, or `bound` seconds went by."""
+        deadline = time.monotonic() + bound
+        said = ""
+        while True:
+            waiting = self.unready(phase)
+            if not waiting:
+                return
+            names = ", ".join(sorted(waiting))
+            if time.monotonic() >= deadline:
+                self.progress.say(f"going on after {bound:.0f}s without the acknowledgement of: {names}")
+                return
+            if names != said:
+                self.progress.say(f"waiting for {len(waiting)} participant(s) to acknowledge the run: {names}")
+                said = names
+            time.sleep(ACK_POLL_SECONDS)
+
+    def unready(self, phase: str) -> set[str]:
+        """Participants (replicas, copy, sync) alive by their presence that have not acknowledged `phase` yet."""
+        prefix = layout.gc_acks(self.id, phase)
+        acked = {key.removeprefix(prefix) for key in self.storage.list(prefix)}
+        alive = set()
+        for key in self.storage.list(layout.GC_PARTICIPANTS):
+            info = self.storage.stat(key)
+            if info is not None and time.time() - (info.last_modified or 0) < PRESENCE_STALE_SECONDS:
+                alive.add(key.removeprefix(layout.GC_PARTICIPANTS))
+        return alive - acked
 
     def write_phase(self, phase: str, *, create: bool = False) -> None:
         """Write (or rewrite, as the heartbeat does) this run's announcement in `phase`."""
@@ -106,8 +145,8 @@ class GcRun:
             return set()
         self.storage.put_bytes(layout.gc_candidates(self.id), json.dumps(candidates).encode(), layout.JSON)
         self.write_phase(PHASE_MARKED)
-        self.progress.say(f"{len(candidates)} candidates marked; waiting {self.timing.mark_seconds:.0f}s for pushes")
-        time.sleep(self.timing.mark_seconds)
+        self.progress.say(f"{len(candidates)} candidates marked")
+        self.wait_for(PHASE_MARKED, self.timing.mark_seconds)
         self.storage.put_bytes(layout.gc_condemned(self.id), json.dumps(candidates).encode(), layout.JSON)
         prefix = layout.gc_claims(self.id)
         return {key.removeprefix(prefix) for key in self.storage.list(prefix)}
@@ -118,10 +157,31 @@ class GcRun:
         self.storage.delete(layout.GC_RUN)
 
     def clear_every_state(self) -> None:
-        """What earlier runs left: a dead one's state, and claims a replica wrote before it saw that a run ended."""
+        """What earlier runs left: a dead one's state, and claims a replica wrote before it saw that a run ended
+        (the participants' presences are theirs)."""
         for key in list(self.storage.list(layout.GC_STATE)):
-            if key != layout.GC_RUN:
+            if key != layout.GC_RUN and not key.startswith(layout.GC_PARTICIPANTS):
                 self.storage.delete(key)
+
+
+def abandon(storage: Storage, min_silence: float = ABANDON_AFTER_SECONDS) -> str:
+    """Remove the announcement and state of a run whose heartbeat has been silent `min_silence` seconds (its gc
+    was killed): replicas stop heeding it and the next run need not wait to take it over. Returns what was done."""
+    found = storage.read_small(layout.GC_RUN)
+    if found is None:
+        return "no gc run is announced"
+    announced = parse_run(found[0])
+    silence = time.time() - (found[1].last_modified or 0)
+    if announced is not None and silence < min_silence:
+        raise GcRunning(
+            f"gc run {announced[0]} is alive (its heartbeat {silence:.0f}s ago); stop that gc first, or wait "
+            f"{min_silence - silence:.0f}s"
+        )
+    name = announced[0] if announced else "(unreadable)"
+    for key in list(storage.list(layout.gc_state(name))) if announced else []:
+        storage.delete(key)
+    storage.delete(layout.GC_RUN)
+    return f"abandoned gc run {name}, silent for {silence:.0f}s"
 
 
 @contextlib.contextmanager

@@ -5,7 +5,12 @@ so the run keeps them."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +21,7 @@ from app import layout
 from app.registry.gc_runs import PHASE_MARKED
 from app.settings import Settings
 from app.storage import Storage, open_storage
+from app.tools.gc import gc
 from app.tools.gc_run import GcRun, RunTiming
 from app.tools.inventory import Progress
 from tests.conftest import filesystem_settings
@@ -78,3 +84,53 @@ def test_copy_during_a_run_claims_the_blobs_it_finds_in_the_bucket(settings: Set
         again = cli(settings, "copy", oci_ref(tmp_path / "image", "v1"), f"{NAME}:v2")
         assert again.status == 0, again.err
         assert set(keys) <= claims(storage, run)
+
+
+def test_gc_waits_for_a_running_replica_only_until_it_acknowledges(settings: Settings) -> None:
+    """No fixed 26 minutes: gc goes on as soon as every live participant has acknowledged each phase."""
+    quick = settings.model_copy(update={"gc_watch_seconds": 0.2})
+    storage = open_storage(quick)
+    key = layout.blob(NAME, digest(CONFIG))
+    storage.put_bytes(key, CONFIG, layout.OCTET_STREAM)  # an unreferenced blob no client was told of: a candidate
+    with running_registry(quick):
+        progress = io.StringIO()
+        started = time.monotonic()
+        gc(storage, delete=True, grace_seconds=0, timing=RunTiming(120, 120), out=io.StringIO(),
+           progress=Progress("gc", stream=progress))  # fmt: skip
+        took = time.monotonic() - started
+    assert took < 30, progress.getvalue()
+    assert "waiting for 1 participant(s) to acknowledge the run" in progress.getvalue()
+    assert storage.stat(key) is None
+    assert list(storage.list(layout.GC_PARTICIPANTS)) == []  # the replica left when it stopped
+
+
+def test_a_blob_a_client_was_told_of_before_the_mark_stays_for_its_manifest(settings: Settings) -> None:
+    """A push HEADs a blob (200), a run marks it meanwhile, then the push PUTs its manifest: the replica claimed
+    what it had promised when it acknowledged the mark, so the run keeps it and the push succeeds."""
+    quick = settings.model_copy(update={"gc_watch_seconds": 0.2})
+    storage = open_storage(quick)
+    layer = b"a layer the client was told of" * 100
+    with running_registry(quick) as url, httpx.Client(base_url=url) as http:
+        for blob in (CONFIG, layer):
+            push_blob(http, NAME, blob)
+        assert http.head(f"/v2/{NAME}/blobs/{digest(layer)}").status_code == 200
+        gc(storage, delete=True, grace_seconds=0, timing=RunTiming(60, 60), out=io.StringIO())
+        manifest = image_manifest(CONFIG, [layer])
+        pushed = http.put(f"/v2/{NAME}/manifests/v1", content=manifest, headers={"Content-Type": OCI_MANIFEST})
+        assert pushed.status_code == 201, pushed.text
+    assert storage.stat(layout.blob(NAME, digest(layer))) is not None
+
+
+def test_gc_with_its_defaults_and_no_replica_running_takes_seconds(tmp_path: Path) -> None:
+    settings = filesystem_settings(tmp_path)
+    with running_registry(settings) as url, httpx.Client(base_url=url) as http:
+        push_blob(http, NAME, CONFIG)
+    env = {**os.environ, "REGISTRY_STORAGE": "filesystem", "REGISTRY_DATA_DIR": str(settings.data_dir)}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "gc", "--delete", "--grace-seconds", "0"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 20, done.stderr
+    assert f"deleted {layout.blob(NAME, digest(CONFIG))}" in done.stdout

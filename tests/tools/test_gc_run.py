@@ -21,8 +21,9 @@ from app.settings import Settings
 from app.storage import Storage
 from app.storage.filesystem import FilesystemStorage
 from app.storage.memory import MemoryStorage
+from app.tools.fsck import fsck
 from app.tools.gc import gc
-from app.tools.gc_run import STALE_SECONDS, GcRunning, RunTiming
+from app.tools.gc_run import ABANDON_AFTER_SECONDS, STALE_SECONDS, GcRunning, RunTiming, abandon
 from tests.tools.conftest import QUICK
 
 DEAD = "19990101T000000-dead"
@@ -49,9 +50,13 @@ def test_a_second_run_stops_and_a_dead_one_is_taken_over(settings: Settings, sto
     assert list(storage.list(layout.GC_STATE)) == []
 
 
+SILENT = layout.gc_participant("a-replica-that-never-acknowledges")  # each run waits its bound for it
+
+
 def test_two_runs_started_together_one_proceeds(tmp_path: Path) -> None:
-    """ "One run at a time" is decided by the store (a create-only announcement), not by a read before a write."""
+    """One run at a time is decided by the store (a create-only announcement), not by a read before a write."""
     storage = MemoryStorage()
+    storage.put_bytes(SILENT, b"{}", layout.JSON)  # so that the two runs overlap
     start = threading.Barrier(2)
 
     def run(_: int) -> str:
@@ -65,11 +70,12 @@ def test_two_runs_started_together_one_proceeds(tmp_path: Path) -> None:
     with ThreadPoolExecutor(2) as pool:
         outcomes = sorted(pool.map(run, range(2)))
     assert outcomes == ["ran", "stopped"]
-    assert list(storage.list(layout.GC_STATE)) == []
+    assert list(storage.list(layout.GC_STATE)) == [SILENT]
 
 
 def test_a_dead_run_is_taken_over_by_one_of_two(tmp_path: Path) -> None:
     storage = MemoryStorage()
+    storage.put_bytes(SILENT, b"{}", layout.JSON)
     announce_dead_run(storage)
     storage.age(layout.GC_RUN, STALE_SECONDS + 60)
     start = threading.Barrier(2)
@@ -84,14 +90,15 @@ def test_a_dead_run_is_taken_over_by_one_of_two(tmp_path: Path) -> None:
 
     with ThreadPoolExecutor(2) as pool:
         assert sorted(pool.map(take_over, range(2))) == ["ran", "stopped"]
-    assert list(storage.list(layout.GC_STATE)) == []
+    assert list(storage.list(layout.GC_STATE)) == [SILENT]
 
 
 def test_sigterm_ends_a_run_as_ctrl_c_does(tmp_path: Path) -> None:
     """A CronJob's deadline, `timeout` or `kill`: the announcement and the run's state go, so the next run
     (and every replica) does not wait for a run that is gone."""
     data = tmp_path / "data"
-    FilesystemStorage(data)
+    store = FilesystemStorage(data)
+    store.put_bytes(SILENT, b"{}", layout.JSON)  # gc waits for it
     env = {**os.environ, "REGISTRY_STORAGE": "filesystem", "REGISTRY_DATA_DIR": str(data)}
     command = [sys.executable, "-m", "app", "gc", "--delete", "--settle-seconds", "60", "--mark-seconds", "0"]
     process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -103,4 +110,27 @@ def test_sigterm_ends_a_run_as_ctrl_c_does(tmp_path: Path) -> None:
     _, stderr = process.communicate(timeout=20)
     assert process.returncode != 0
     assert b"Traceback" not in stderr, stderr.decode()
-    assert list(FilesystemStorage(data).list(layout.GC_STATE)) == []
+    left = set(FilesystemStorage(data).list(layout.GC_STATE))
+    assert left == {SILENT}  # the participant's own
+
+
+def test_abandon_clears_a_silent_run_and_refuses_a_live_one() -> None:
+    storage = MemoryStorage()
+    announce_dead_run(storage)
+    with pytest.raises(GcRunning, match=f"gc run {DEAD} is alive"):
+        abandon(storage)
+    storage.age(layout.GC_RUN, ABANDON_AFTER_SECONDS + 1)  # gc was killed a minute ago: its heartbeat stopped
+    assert abandon(storage).startswith(f"abandoned gc run {DEAD}")
+    assert list(storage.list(layout.GC_STATE)) == []
+    assert abandon(storage) == "no gc run is announced"
+
+
+def test_fsck_reports_a_dead_runs_announcement_and_repair_clears_it() -> None:
+    storage = MemoryStorage()
+    announce_dead_run(storage)
+    storage.age(layout.GC_RUN, STALE_SECONDS + 60)
+    out = io.StringIO()
+    fsck(storage, out=out)
+    assert f"PROBLEM stale-gc-run {layout.GC_RUN} its heartbeat stopped" in out.getvalue()
+    fsck(storage, repair=True, out=io.StringIO())
+    assert storage.stat(layout.GC_RUN) is None
