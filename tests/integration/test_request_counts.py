@@ -8,7 +8,8 @@ Reads: one listing of the repository's blobs and one of its manifests, and a rea
 HEAD comes (one round trip). A derived document is written naming the version read (If-Match) on a store that
 honours it (SeaweedFS here), so no listing checks it; on a store that does not (Storj's rules), it is listed
 before and after the write (app/registry/documents.py): two listings more per document than with If-Match, and
-one more than when what memory guessed was written first (which lost other replicas' tags for seconds). The catalog and the location records are read once at start, off any push (`Registry.warm`).
+one more than when what memory guessed was written first (which lost other replicas' tags for seconds). The
+catalog and the location records are read once at start, off any push (`Registry.warm`).
 """
 
 from __future__ import annotations
