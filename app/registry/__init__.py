@@ -64,26 +64,32 @@ class Registry:
     async def running(self) -> AsyncIterator[Registry]:
         """The registry's lifetime (see the module's docstring). Nothing here holds the start on the store: the gc
         watch reads the announcement at once, and whatever relies on the store first waits for that read."""
-        async with (
-            in_background(self._start_up()),
-            in_background(self.gc_runs.watch()),
-            in_background(purge_forever(self.uploads, self.settings.upload_max_age_seconds)),
-        ):
-            self.notifier.start()
-            self.blobs.publishing.resume()
-            try:
-                yield self
-            finally:
-                await self.settle()
-                await self.gc_runs.leave()
-                await self.notifier.stop()
+        try:
+            async with (
+                in_background(self._start_up()),
+                in_background(self.gc_runs.watch()),
+                in_background(purge_forever(self.uploads, self.settings.upload_max_age_seconds)),
+            ):
+                self.notifier.start()
+                self.blobs.publishing.resume()
+                try:
+                    yield self
+                finally:
+                    await self.settle()
+        finally:  # once the background work is over: nothing writes a presence after it is removed
+            await self.gc_runs.leave()
+            await self.notifier.stop()
 
     async def _start_up(self) -> None:
-        """The gc announcement first (what is learnt before it is not believed), then the rest at once."""
+        """The gc announcement first (what is learnt before it is not believed), then the rest at once; nothing
+        is written to a store that fails its check (a missing bucket stays missing: some servers would create it
+        on the first write). Requests then read what they need when they need it."""
         try:
-            with contextlib.suppress(StorageFault):
-                await self.gc_runs.know()
+            await run(self.storage.check)
+            await self.gc_runs.know()
             await asyncio.gather(self._learn_the_store(), self.warm())
+        except StorageFault:
+            pass
         finally:
             self.started_up.set()
 

@@ -110,6 +110,7 @@ class GcRuns:
         self._reading = asyncio.Lock()
         self._refreshed_at = -math.inf  # monotonic
         self._present_at = -math.inf  # monotonic: when the presence was last written
+        self._presence_sent = False
         self._relying: dict[int, float] = {}  # requests relying on the store now -> when they began (monotonic)
         self._next_request = 0
         self._promised: OrderedDict[str, float] = OrderedDict()  # blob keys a client was told are there -> when
@@ -171,30 +172,32 @@ class GcRuns:
             self._acknowledge_when_ready(self.run, started)
 
     async def watch(self) -> None:
-        """Read the announcement at once (a process starting during a run must know it before its first write;
-        the start is not held for it: `know` waits where a request needs it), then every `watch_seconds`;
-        rewrite the presence every PRESENCE_SECONDS."""
+        """Every `watch_seconds`, once the announcement was first read (at start, or by the first request that
+        relied on the store: `know`), read it again; rewrite the presence every PRESENCE_SECONDS."""
         while True:
+            await asyncio.sleep(self.watch_seconds)
+            if self.unsure:
+                continue
             try:
-                await self.know() if self.unsure else await self.refresh()
+                await self.refresh()
                 if self.participate and time.monotonic() - self._present_at > PRESENCE_SECONDS:
                     await self.be_present()
             except (StorageFault, ValueError) as exc:  # keep the last state: a store hiccup announces nothing
                 log.debug("could not read the gc announcement: %s", exc)
-            await asyncio.sleep(self.watch_seconds)
 
     # being a participant ------------------------------------------------------------------------------------
 
     async def be_present(self) -> None:
         document = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}).encode()
+        self._presence_sent = True  # before the write: a cancel right after it must not keep `leave` from undoing it
         await run(self.storage.put_bytes, layout.gc_participant(self.id), document, layout.JSON, layout.MUTABLE_CACHE)
         self._present_at = time.monotonic()
 
     async def leave(self) -> None:
-        """The process stops: gc no longer waits for it."""
+        """The process stops: gc no longer waits for it (called once nothing can write the presence again)."""
         for task in self._acks:
             task.cancel()
-        if self.participate and self._present_at > -math.inf:
+        if self._presence_sent:
             with contextlib.suppress(StorageFault):
                 await run(self.storage.delete, layout.gc_participant(self.id))
 

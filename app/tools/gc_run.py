@@ -151,6 +151,12 @@ class GcRun:
         prefix = layout.gc_claims(self.id)
         return {key.removeprefix(prefix) for key in self.storage.list(prefix)}
 
+    def end_if_announced(self) -> None:
+        """End the run if the announcement is this run's (it may have been written when an interrupt came)."""
+        found = self.storage.read_small(layout.GC_RUN)
+        if found is not None and (parse_run(found[0]) or ("",))[0] == self.id:
+            self.end()
+
     def end(self) -> None:
         for key in list(self.storage.list(layout.gc_state(self.id))):
             self.storage.delete(key)
@@ -186,16 +192,18 @@ def abandon(storage: Storage, min_silence: float = ABANDON_AFTER_SECONDS) -> str
 
 @contextlib.contextmanager
 def announced_run(storage: Storage, timing: RunTiming, progress: Progress) -> Iterator[GcRun]:
-    """A run from its announcement to its end, its heartbeat beating meanwhile."""
+    """A run from its announcement to its end, its heartbeat beating meanwhile. However it ends (a signal may
+    arrive while it announces itself), a run that got announced removes its state and announcement."""
     run = GcRun(storage, timing, progress)
-    run.announce()
     stop = threading.Event()
     beating = threading.Thread(target=run.heartbeat, args=(stop,), name="gc-heartbeat", daemon=True)
-    beating.start()
     try:
+        run.announce()
+        beating.start()
         run.settle()
         yield run
     finally:
         stop.set()
-        beating.join()
-        run.end()
+        if beating.is_alive():
+            beating.join()
+        run.end_if_announced()

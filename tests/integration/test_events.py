@@ -227,7 +227,8 @@ def test_gc_announces_what_it_removed(
         orphan = push_blob(client, "team/app", b"nobody references me")
     for name, value in settings.model_dump(mode="json", exclude_defaults=True).items():
         monkeypatch.setenv(f"REGISTRY_{name.upper()}", value if isinstance(value, str) else json.dumps(value))
-    assert run_gc(argparse.Namespace(delete=True, grace_seconds=0, settle_seconds=0, mark_seconds=0)) == 0
+    options = argparse.Namespace(delete=True, grace_seconds=0, settle_seconds=0, mark_seconds=0, abandon=False)
+    assert run_gc(options) == 0
     (event,) = receiver.wait_for(1)
     assert event["action"] == "delete" and event["actor"] == {"name": "gc"}
     assert event["target"] == {"mediaType": OCTET_STREAM, "digest": orphan, "repository": "team/app"}

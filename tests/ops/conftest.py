@@ -22,3 +22,8 @@ def scrape(client: httpx.Client) -> dict[Sample, float]:
 
 def sample(samples: dict[Sample, float], name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: dict[Sample, float], name: str) -> float:
+    """The sum of a metric over all its labels."""
+    return sum(value for (found, _), value in samples.items() if found == name)
