@@ -41,6 +41,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
@@ -111,6 +112,8 @@ class GcRuns:
         self._refreshed_at = -math.inf  # monotonic
         self._present_at = -math.inf  # monotonic: when the presence was last written
         self._presence_sent = False
+        self._presence_lock = threading.Lock()
+        self._left = False
         self._relying: dict[int, float] = {}  # requests relying on the store now -> when they began (monotonic)
         self._next_request = 0
         self._promised: OrderedDict[str, float] = OrderedDict()  # blob keys a client was told are there -> when
@@ -189,17 +192,31 @@ class GcRuns:
 
     async def be_present(self) -> None:
         document = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}).encode()
-        self._presence_sent = True  # before the write: a cancel right after it must not keep `leave` from undoing it
-        await run(self.storage.put_bytes, layout.gc_participant(self.id), document, layout.JSON, layout.MUTABLE_CACHE)
-        self._present_at = time.monotonic()
+        if await run(self._write_presence, document):
+            self._present_at = time.monotonic()
+
+    def _write_presence(self, document: bytes) -> bool:
+        """In a worker thread, under the presence's lock: a write still in flight when the process stops (its
+        request cancelled) is done before `leave` removes it, and none comes after."""
+        with self._presence_lock:
+            if self._left:
+                return False
+            self._presence_sent = True
+            self.storage.put_bytes(layout.gc_participant(self.id), document, layout.JSON, layout.MUTABLE_CACHE)
+            return True
 
     async def leave(self) -> None:
-        """The process stops: gc no longer waits for it (called once nothing can write the presence again)."""
+        """The process stops: gc no longer waits for it."""
         for task in self._acks:
             task.cancel()
-        if self._presence_sent:
-            with contextlib.suppress(StorageFault):
-                await run(self.storage.delete, layout.gc_participant(self.id))
+        with contextlib.suppress(StorageFault):
+            await run(self._remove_presence)
+
+    def _remove_presence(self) -> None:
+        with self._presence_lock:
+            self._left = True
+            if self._presence_sent:
+                self.storage.delete(layout.gc_participant(self.id))
 
     @contextlib.asynccontextmanager
     async def relying(self) -> AsyncIterator[None]:

@@ -225,11 +225,10 @@ def test_hostile_upstreams(pages: list[Answer], manifest: Answer, blob: Answer |
 
 async def sync_upstream(work: Path, host: str) -> list[Any]:
     """What `sync` runs for one mirror (`tag_regex: .`), with budgets small enough for many cases a second."""
-    registry = build_registry(filesystem_settings(work))
     mirror = Mirror(source=f"docker://{host}/team/app", tag_regex=".", referrers=False)
     source = RemoteRegistry(mirror.source.removeprefix("docker://"), OPTIONS)
     try:
-        return await sync_mirror(Copier(registry, Quiet(), with_referrers=False), mirror, source)
+        async with build_registry(filesystem_settings(work)).running() as registry:  # as `sync` runs it
+            return await sync_mirror(Copier(registry, Quiet(), with_referrers=False), mirror, source)
     finally:
         await source.aclose()
-        await registry.settle()

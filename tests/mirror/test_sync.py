@@ -104,8 +104,12 @@ def test_a_second_run_with_nothing_new_makes_no_writes(
 
     def sync() -> tuple[CountingStorage, list[Any]]:
         storage = CountingStorage(open_storage(settings))
-        registry = build_registry(settings, storage=storage)  # type: ignore[arg-type]
-        return storage, asyncio.run(run_sync(registry, load_config(config), Quiet()))
+
+        async def run_it() -> list[Any]:
+            async with build_registry(settings, storage=storage).running() as registry:  # type: ignore[arg-type]
+                return await run_sync(registry, load_config(config), Quiet())
+
+        return storage, asyncio.run(run_it())
 
     storage, outcomes = sync()
     assert [(o.destination, o.ok) for o in outcomes] == [
