@@ -109,7 +109,14 @@ def staged_upload(upload_id: str) -> str:
     return f"v2/_uploads/{upload_id}"
 
 
-CAPABILITY_PROBE = "v2/_probe/if-match"  # written only by a store that ignores If-Match, and deleted at once
+def capability_probe(token: str) -> str:
+    """The key a process probes If-Match on: written only by a store that ignores If-Match, and deleted at once.
+
+    Each process probes its own key: replicas starting together would otherwise write one key within a second,
+    which Storj throttles (SlowDown).
+    """
+    return f"v2/_probe/if-match-{token}"
+
 
 GC_STATE = "v2/_gc/"
 GC_RUN = f"{GC_STATE}run"  # the announcement of a `gc --delete` run

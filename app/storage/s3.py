@@ -9,6 +9,7 @@ retries with backoff on `SlowDown`. A failed multipart upload is aborted by the 
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -251,7 +252,7 @@ class S3Storage:
         SeaweedFS and AWS refuse it (412 or 404) and write nothing; a server that ignores the header writes the
         probe object (deleted again); one that does not implement it answers an error. Only a refusal counts.
         """
-        key = layout.CAPABILITY_PROBE
+        key = layout.capability_probe(secrets.token_hex(8))
         try:
             self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=b"", IfMatch=PROBE_ETAG)
         except (KeyError, PreconditionFailed):

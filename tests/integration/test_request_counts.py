@@ -67,7 +67,7 @@ def storj_limits(proxy: FaultProxy) -> Iterator[None]:
     """Storj's per-key write limit: a push that writes one key twice within a second meets `SlowDown`."""
     throttle = proxy.add(storj_write_limit())
     yield
-    assert throttle.hits == 0, "a push met Storj's per-key write limit (SlowDown)"
+    assert throttle.hits == 0, f"a push met Storj's per-key write limit (SlowDown) on {throttle.throttled}"
 
 
 def counted_settings(s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy) -> Settings:
@@ -131,6 +131,16 @@ def test_retag_of_an_image_already_pushed(
         skopeo_push(tmp_path / "src", fresh, "team/app:2")  # the same tag again, as a CI retry does
         proxy.quiet()
         assert proxy.operations() == {"PutObject": 1}
+
+
+def test_replicas_starting_together_write_no_key_within_a_second(
+    s3_server: S3Server, bucket: str, tmp_path: Path, proxy: FaultProxy, storj_limits: None
+) -> None:
+    """A rollout starts replicas together: their start-up writes (presence, the If-Match probe, the page) must not
+    meet Storj's per-key limit (asserted by `storj_limits`)."""
+    first, second = (counted_settings(s3_server, bucket, tmp_path, proxy) for _ in range(2))
+    with started(first, proxy), started(second, proxy):
+        pass
 
 
 def docker_style_push(client: httpx.Client, name: str, tag: str, blobs: list[bytes]) -> None:

@@ -48,6 +48,7 @@ class Fault:
     times: int | None = None
     matched: int = 0
     hits: int = 0
+    throttled: list[str] = field(default_factory=list)  # the keys a throttle refused, in order
     _last_write: dict[str, float] = field(default_factory=dict, repr=False)
 
     def matches(self, method: str, path: str, query: str, headers: frozenset[str] = frozenset()) -> bool:
@@ -69,6 +70,7 @@ class Fault:
     def _throttled(self, path: str) -> bool:
         now = time.monotonic()
         if now - self._last_write.get(path, -1e9) < self.seconds:
+            self.throttled.append(path)
             return True
         self._last_write[path] = now
         return False
