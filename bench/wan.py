@@ -4,7 +4,8 @@
 
 The proxy (tests/support/fault_proxy.py) sleeps `--latency` seconds before forwarding each request (threads, so
 concurrent requests overlap, as on a real link), answers `429 SlowDown` to a second write of one key within a
-second (Storj's limit), and counts requests by S3 operation. Through one such proxy each, in one run:
+second (Storj's limit), refuses `If-Match` on writes as Storj's gateway does (storj/storj#7377), and counts
+requests by S3 operation. Through one such proxy each, in one run:
 - bare: the seed's manual process scripted, one PutObject per object the pull side needs (the blobs, each
   manifest by digest, the tagged one by tag, `v2/index.html`), four at a time; multipart above the part size;
 - service: this service, pushed with skopeo, with docker's request shape (one streamed PATCH, no length) and
@@ -37,7 +38,7 @@ from boto3.s3.transfer import TransferConfig
 
 from bench.images import BenchImage, MiB, write_image, write_index
 from bench.servers import Registry, start_reference, start_service
-from tests.support.fault_proxy import FaultProxy, storj_write_limit
+from tests.support.fault_proxy import FaultProxy, storj_rules
 from tests.support.seaweed import S3Server, start_seaweed
 from tests.support.tools import require_tool
 
@@ -165,11 +166,12 @@ def run_case(s3: S3Server, workdir: Path, case: Case, seed: int, args: Any, resu
 
 
 class StorjRulesProxy(FaultProxy):
-    """A proxy with Storj's per-key write limit and the latency of a WAN round trip."""
+    """A proxy with Storj's rules (per-key write limit, no If-Match) and the latency of a WAN round trip."""
 
     def __init__(self, s3: S3Server, latency: float) -> None:
         super().__init__(s3.endpoint, latency=latency)
-        self.add(storj_write_limit())
+        for rule in storj_rules():
+            self.add(rule)
 
 
 def measure(proxy: FaultProxy, push: Callable[[], int]) -> Sample:
