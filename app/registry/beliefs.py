@@ -114,6 +114,8 @@ class _Repository:
     blobs: _Objects = field(default_factory=_Objects)
     manifests: _Objects = field(default_factory=_Objects)
     tags: Document | None = None  # `tags/list`
+    tags_read_at: float = -math.inf
+    tags_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def of(self, kind: Kind) -> _Objects:
         return self.blobs if kind is Kind.BLOB else self.manifests
@@ -317,12 +319,16 @@ class Beliefs:
         self.catalog = Document(frozenset(names), etag, self.clock() if at is None else at)
 
     async def _read_tags(self, name: str, repository: _Repository) -> None:
-        if self.tags_document(name) is not None:
-            return
-        started = self.clock()
-        found = await run(self.storage.read_small, layout.tags_list(name))
-        tags = tags_in(found[0]) if found else []
-        self.learn_tags_document(name, tags, found[1].etag if found else None, started)
+        """Read `tags/list` unless it is known, or was read since this was asked (one read for concurrent HEADs)."""
+        requested = self.clock()
+        async with repository.tags_lock:
+            if self.tags_document(name) is not None or repository.tags_read_at >= requested:
+                return
+            started = self.clock()
+            found = await run(self.storage.read_small, layout.tags_list(name))
+            tags = tags_in(found[0]) if found else []
+            self.learn_tags_document(name, tags, found[1].etag if found else None, started)
+            repository.tags_read_at = started
 
     # location records (hints for sharing a blob on a HEAD miss) -------------------------------------------------
 

@@ -20,10 +20,11 @@ document. How, depends on the store:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,12 +120,19 @@ def rebuild(storage: Storage, kind: Kind) -> Document:
     return _converge(storage, kind)
 
 
-def add(storage: Storage, kind: Kind, entries: Iterable[str], known: Document | None = None) -> Document:
-    """Make sure the document names `entries` (their keys are written already); `known`: the version remembered."""
+def add(
+    storage: Storage,
+    kind: Kind,
+    entries: Iterable[str],
+    known: Document | None = None,
+    listed: list[str] | None = None,
+) -> Document:
+    """Make sure the document names `entries` (their keys are written already); `known`: the version remembered;
+    `listed`: the truth listed while the entries' keys were being written (without If-Match: saves a round trip)."""
     wanted = set(entries)
     if storage.conditional_overwrite:
         return _swap(storage, kind, lambda current: sorted(set(current) | wanted), known)
-    return _converge(storage, kind)
+    return _converge(storage, kind, None if listed is None else sorted(set(listed) | wanted))
 
 
 def _swap(
@@ -163,9 +171,10 @@ def _read(storage: Storage, kind: Kind) -> tuple[list[Any], str | None]:
     return sorted(entries, key=_entry_key), found[1].etag
 
 
-def _converge(storage: Storage, kind: Kind) -> Document:
-    """List the truth, write it, and list again until the listing after the write agrees with it."""
-    current = kind.truth()
+def _converge(storage: Storage, kind: Kind, listed: list[Any] | None = None) -> Document:
+    """List the truth (unless `listed` is a listing just taken), write it, and list again until the listing after
+    the write agrees with it."""
+    current = kind.truth() if listed is None else listed
     for _ in range(ROUNDS):
         started = time.time()
         storage.put_bytes(kind.key, kind.render(current), kind.content_type, layout.MUTABLE_CACHE)
@@ -236,7 +245,31 @@ class Documents:
         found = await run(self.storage.read_small, layout.tags_list(name))
         return None if found is None else tags_in(found[0])
 
-    async def add_tags(self, name: str, tags: Iterable[str]) -> None:
+    def tags_listed(self, name: str, tags: Iterable[str]) -> bool:
+        """Does `tags/list`, as memory may tell, name these tags already?"""
+        known = self.beliefs.tags_document(name)
+        return known is not None and set(tags) <= known.entries
+
+    @contextlib.asynccontextmanager
+    async def adding_tags(self, name: str, tags: Iterable[str]) -> AsyncIterator[None]:
+        """Around the writes of tag keys: the tags are in `tags/list` when this ends (nothing written if they were).
+
+        Without If-Match, the truth is listed while the keys are written, not after: one round trip fewer on
+        the push's path (the entries being written are added to the listing).
+        """
+        tags = set(tags)
+        listing = None
+        if not self.storage.conditional_overwrite and not self.tags_listed(name, tags):
+            listing = asyncio.ensure_future(run(list_tags, self.storage, name))
+            listing.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, if unused
+        try:
+            yield
+            await self.add_tags(name, tags, None if listing is None else await listing)
+        finally:
+            if listing is not None and not listing.done():
+                listing.cancel()
+
+    async def add_tags(self, name: str, tags: Iterable[str], listed: list[str] | None = None) -> None:
         """The tags (their keys written) are in `tags/list` when this returns; nothing is written when they were.
 
         Pushes of one repository that finish together are written together: each adds its tags to the pending
@@ -244,16 +277,15 @@ class Documents:
         a key; one write instead of many also spares replicas' conflicting versions).
         """
         tags = set(tags)
-        known = self.beliefs.tags_document(name)
-        if known is not None and tags <= known.entries:
+        if self.tags_listed(name, tags):
             return
         self._pending_tags.setdefault(name, set()).update(tags)
         async with self._locks.hold(layout.tags_list(name)):
-            known = self.beliefs.tags_document(name)  # a write while this one waited may have added them
-            if known is not None and tags <= known.entries:
+            if self.tags_listed(name, tags):  # a write while this one waited may have added them
                 return
+            known = self.beliefs.tags_document(name)
             batch = self._pending_tags.pop(name, set()) | tags
-            document = await run(add, self.storage, tags_kind(self.storage, name), batch, known)
+            document = await run(add, self.storage, tags_kind(self.storage, name), batch, known, listed)
             self.beliefs.learn_tags_document(name, document.entries, document.etag, document.at)
 
     async def rebuild_tags(self, name: str) -> None:
@@ -283,8 +315,12 @@ class Documents:
             known = self.beliefs.catalog_document()
             if known is not None and name in known.entries:
                 return
-            await run(self._write_entry, name)
-            document = await run(add, self.storage, catalog_kind(self.storage), [name], known)
+            listed = None
+            if self.storage.conditional_overwrite:
+                await run(self._write_entry, name)
+            else:  # the truth listed while the entry is written: one round trip fewer
+                _, listed = await asyncio.gather(run(self._write_entry, name), run(list_catalog, self.storage))
+            document = await run(add, self.storage, catalog_kind(self.storage), [name], known, listed)
             self.beliefs.learn_catalog(document.entries, document.etag, document.at)
 
     def _write_entry(self, name: str) -> None:

@@ -145,10 +145,10 @@ class Manifests:
 
     async def _write_tags(self, name: str, writes: list[TagWrite]) -> None:
         """Write the tags (immutable ones create-only), then make sure the tags list names them."""
-        await asyncio.gather(*(self._write_tag(write) for write in writes))
-        for write in writes:
-            self.beliefs.wrote(name, Kind.MANIFEST, write.tag, len(write.body))
-        await self.documents.add_tags(name, [write.tag for write in writes])
+        async with self.documents.adding_tags(name, [write.tag for write in writes]):
+            await asyncio.gather(*(self._write_tag(write) for write in writes))
+            for write in writes:
+                self.beliefs.wrote(name, Kind.MANIFEST, write.tag, len(write.body))
 
     async def _write_tag(self, write: TagWrite) -> None:
         if self.immutable.rule(write.name, write.tag) is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -175,6 +176,20 @@ def test_client_shapes_cost_the_same(registry: str, proxy: FaultProxy, push: obj
         push(client, "team/app", "1", blobs)  # type: ignore[operator]
     proxy.quiet()
     assert proxy.operations() == NEW_REPOSITORY_WRITES | reads(store)
+
+
+def test_concurrent_first_heads_read_the_repository_once(registry: str, proxy: FaultProxy) -> None:
+    """docker and containerd push four layers at a time: their first HEADs share one listing and one read."""
+    digests = [digest(f"layer {i}".encode()) for i in range(4)]
+
+    def head(blob: str) -> int:
+        with httpx.Client(base_url=registry) as client:
+            return client.head(f"/v2/team/app/blobs/{blob}").status_code
+
+    with ThreadPoolExecutor(len(digests)) as pool:
+        assert list(pool.map(head, digests)) == [404] * len(digests)
+    proxy.quiet()
+    assert proxy.operations() == HEAD_TIME_READS
 
 
 def test_mount_is_one_copy(registry: str, proxy: FaultProxy) -> None:
