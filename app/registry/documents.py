@@ -12,8 +12,9 @@ document. How, depends on the store:
   names the version it read (`If-Match`, or `If-None-Match: *` when there was none) and starts again when another
   writer got there first. A writer adding one entry needs no listing: the version it read plus its entry is the
   truth, since every writer does the same. One request when the version is remembered (app/registry/beliefs.py).
-- **Without it** (Storj does not promise `If-Match`): the writer lists the truth first, writes, and lists again
-  until the listing taken after its write agrees with what it wrote. Whichever writer writes last checks its
+- **Without it** (Storj does not promise `If-Match`): the writer lists the truth (while a push writes the keys
+  it adds, so the listing costs no round trip on its path), writes, and lists again until the listing taken
+  after its write agrees with what it wrote. Whichever writer writes last checks its
   document against a listing that includes every change made before, so nothing is lost for longer than a
   writer's own round trips; nothing from memory is written (a guess could be seconds old).
 """

@@ -7,8 +7,9 @@ by tag, `tags/list`, and the catalog (its entry and the document); `v2/index.htm
 Reads: one listing of the repository's blobs and one of its manifests, and a read of its tags list, when the first
 HEAD comes (one round trip). A derived document is written naming the version read (If-Match) on a store that
 honours it (SeaweedFS here), so no listing checks it; on a store that does not (Storj's rules), it is listed
-before and after the write (app/registry/documents.py): two listings more per document than with If-Match, and
-one more than when what memory guessed was written first (which lost other replicas' tags for seconds). The
+while its keys are written and after the write (app/registry/documents.py): two listings more per document than
+with If-Match, and one more than when what memory guessed was written first (which lost other replicas' tags for
+seconds); the first listing costs no round trip on the push's path. The
 catalog and the location records are read once at start, off any push (`Registry.warm`).
 """
 
@@ -41,7 +42,7 @@ NEW_REPOSITORY_WRITES = {"PutObject": BLOBS + 2 + 1 + 2 + 1}
 HEAD_TIME_READS = {"ListObjectsV2": 2, "GetObject": 1}  # the repository's blobs, manifests and tags list
 STORES = ["if-match", "storj-rules"]
 STORJ_KEY_INTERVAL = 1.0  # Storj's write limit per key (tests/support/fault_proxy.py, storj_write_limit)
-# Listed before and after each write of tags/list and the catalog, where the store does not honour If-Match.
+# Listed while and after each write of tags/list and the catalog, where the store does not honour If-Match.
 DOCUMENT_LISTINGS = {"if-match": 0, "storj-rules": 4}
 
 
