@@ -136,7 +136,7 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
     uploads = open_uploads(settings, storage)
     gc_runs = GcRuns(storage, settings.gc_watch_seconds)
     beliefs = Beliefs(storage, uploads.staging, deletes_enabled=settings.delete_enabled, horizon=gc_runs.horizon)
-    documents = Documents(storage, beliefs)
+    documents = Documents(storage, beliefs, uploads.staging)
     records = LocationRecords(storage, beliefs, settings.share_min_bytes)
     policy = open_policy(settings.policy)
     immutable = ImmutableTags(storage, policy)

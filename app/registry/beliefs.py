@@ -61,7 +61,7 @@ from anyio.to_thread import run_sync as run
 
 from app import layout
 from app.registry.formats import Descriptor
-from app.registry.staging import Staging
+from app.registry.staging import SharedDocument, Staging
 from app.storage import Storage
 
 LISTING_TTL_S = 30.0
@@ -308,6 +308,18 @@ class Beliefs:
 
     def learn_tags_document(self, name: str, tags: Iterable[str], etag: str | None, at: float | None = None) -> None:
         self._repository(name).tags = Document(frozenset(tags), etag, self.clock() if at is None else at)
+
+    def adopt_tags_document(self, name: str, shared: SharedDocument | None) -> None:
+        """A version of `tags/list` a process sharing the staging disk wrote counts as this process's own, when it
+        is newer and the rule lets staging evidence count."""
+        own = self._repository(name).tags
+        if shared is not None and self._evidence_counts(shared.at) and (own is None or shared.at > own.at):
+            self.learn_tags_document(name, shared.entries, shared.etag, shared.at)
+
+    def adopt_catalog(self, shared: SharedDocument | None) -> None:
+        own = self.catalog
+        if shared is not None and self._evidence_counts(shared.at) and (own is None or shared.at > own.at):
+            self.learn_catalog(shared.entries, shared.etag, shared.at)
 
     def catalog_document(self) -> Document | None:
         catalog = self.catalog

@@ -36,6 +36,7 @@ from app.registry.beliefs import Beliefs, Document, tags_in
 from app.registry.formats import OCI_INDEX, Descriptor
 from app.registry.keyed_locks import KeyedLocks
 from app.registry.references import is_digest
+from app.registry.staging import SharedDocument, Staging
 from app.storage import ObjectExists, Storage, StorageFault
 from app.storage.base import PreconditionFailed
 
@@ -212,9 +213,10 @@ def _index_entries(document: bytes) -> list[Any]:
 class Documents:
     """The service's side: documents changed as pushes and deletes go, one writer per document in this process."""
 
-    def __init__(self, storage: Storage, beliefs: Beliefs) -> None:
+    def __init__(self, storage: Storage, beliefs: Beliefs, staging: Staging | None = None) -> None:
         self.storage = storage
         self.beliefs = beliefs
+        self.staging = staging  # processes sharing it take turns at each document (app/registry/staging.py)
         self._locks = KeyedLocks()
         self._index_html_written = False
         self._pending_tags: dict[str, set[str]] = {}  # tags waiting for a repository's tags/list, written together
@@ -281,18 +283,23 @@ class Documents:
         if self.tags_listed(name, tags):
             return
         self._pending_tags.setdefault(name, set()).update(tags)
-        async with self._locks.hold(layout.tags_list(name)):
+        key = layout.tags_list(name)
+        async with self._turn(key):
+            self.beliefs.adopt_tags_document(name, await self._shared(key))
             if self.tags_listed(name, tags):  # a write while this one waited may have added them
                 return
             known = self.beliefs.tags_document(name)
             batch = self._pending_tags.pop(name, set()) | tags
             document = await run(add, self.storage, tags_kind(self.storage, name), batch, known, listed)
             self.beliefs.learn_tags_document(name, document.entries, document.etag, document.at)
+            await self._share(key, document)
 
     async def rebuild_tags(self, name: str) -> None:
-        async with self._locks.hold(layout.tags_list(name)):
+        key = layout.tags_list(name)
+        async with self._turn(key):
             document = await run(rebuild, self.storage, tags_kind(self.storage, name))
             self.beliefs.learn_tags_document(name, document.entries, document.etag, document.at)
+            await self._share(key, document)
 
     # catalog -------------------------------------------------------------------------------------------------
 
@@ -312,7 +319,8 @@ class Documents:
         known = self.beliefs.catalog_document()
         if known is not None and name in known.entries:
             return
-        async with self._locks.hold(layout.CATALOG):
+        async with self._turn(layout.CATALOG):
+            self.beliefs.adopt_catalog(await self._shared(layout.CATALOG))
             known = self.beliefs.catalog_document()
             if known is not None and name in known.entries:
                 return
@@ -323,6 +331,21 @@ class Documents:
                 _, listed = await asyncio.gather(run(self._write_entry, name), run(list_catalog, self.storage))
             document = await run(add, self.storage, catalog_kind(self.storage), [name], known, listed)
             self.beliefs.learn_catalog(document.entries, document.etag, document.at)
+            await self._share(layout.CATALOG, document)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, key: str) -> AsyncIterator[None]:
+        """One writer of the document at `key` in this process, then among the processes sharing the staging disk."""
+        between_processes = self.staging.document_turn(key) if self.staging else contextlib.nullcontext()
+        async with self._locks.hold(key), between_processes:
+            yield
+
+    async def _shared(self, key: str) -> SharedDocument | None:
+        return await run(self.staging.shared_document, key) if self.staging else None
+
+    async def _share(self, key: str, document: Document) -> None:
+        if self.staging:
+            await run(self.staging.share_document, key, SharedDocument(document.entries, document.etag, document.at))
 
     def _write_entry(self, name: str) -> None:
         with contextlib.suppress(ObjectExists):

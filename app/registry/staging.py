@@ -18,6 +18,9 @@ a session is lives on the disk, never only in one process's memory:
                                       sharing the disk may publish it)
       published/<digest>/<repo key>   {"name", "size", "at"}: a blob this disk's processes put in the bucket in
                                       the last PUBLISHED_TTL_S, which their listings may not show yet
+      documents/<key hash>            {"key", "entries", "etag", "at"}: a derived document (`tags/list`, the
+                                      catalog) as a process sharing this disk last wrote it
+      documents/<key hash>.lock       flock'd by the process writing that document: the processes take turns
       events/                         undelivered events (app/events/spool.py)
 
 Rules every process keeps:
@@ -29,6 +32,10 @@ Rules every process keeps:
 - A session directory is removed with its markers first, so no process finds a marker for a removed session.
 - The `published/` marker is written after the blob is in the bucket and before the session goes, so a
   process sharing the disk never answers "absent" from an older listing for a blob another one just wrote.
+- A derived document is written by one process sharing the disk at a time (the flock of its `.lock`), which
+  leaves the version it wrote for the next: replicas behind one balancer then write each version once instead
+  of meeting each other's (If-Match refusals, a read and a write again). The version left is evidence like a
+  marker, never a promise: the next write names it (If-Match), so a stale one costs a refusal, not an entry.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ VERIFIED = "verified"
 PUBLISHED = "published"
 VERIFIED_MARKERS = "verified"
 PUBLISHED_MARKERS = "published"
+DOCUMENTS = "documents"
 PUBLISHED_TTL_S = 90.0  # longer than any listing memory trusts (app/registry/beliefs.py, LISTING_TTL_S)
 LOCK_POLL_S = (0.005, 0.1)  # first and longest wait between attempts at a busy flock
 MARKER_ATTEMPTS = 3
@@ -78,6 +86,15 @@ class Sealed:
 
     digest: str
     size: int
+
+
+@dataclass(frozen=True)
+class SharedDocument:
+    """A derived document as a process sharing the disk wrote it: its entries, its version, when (epoch s)."""
+
+    entries: frozenset[str]
+    etag: str | None
+    at: float
 
 
 class Staging:
@@ -228,6 +245,38 @@ class Staging:
                     removed += 1
                     _remove_empty(marker.parent, self.root)
         return removed
+
+    # derived documents -------------------------------------------------------------------------------------
+
+    def shared_document(self, key: str) -> SharedDocument | None:
+        """The version of the document at `key` that a process sharing this disk last wrote, if any."""
+        found = _read_json(self._document(key))
+        try:
+            entries, etag, at = found["entries"], found["etag"], float(found["at"])  # type: ignore[index]
+        except (TypeError, KeyError, ValueError):
+            return None
+        if found.get("key") != key or not isinstance(entries, list) or not isinstance(etag, str | None):  # type: ignore[union-attr]
+            return None
+        return SharedDocument(frozenset(map(str, entries)), etag, at)
+
+    def share_document(self, key: str, document: SharedDocument) -> None:
+        record = {"key": key, "entries": sorted(document.entries), "etag": document.etag, "at": document.at}
+        _write_in_fresh_folder(self._document(key), json.dumps(record))
+
+    @contextlib.asynccontextmanager
+    async def document_turn(self, key: str) -> AsyncIterator[None]:
+        """This process's turn at writing the document at `key`, among the processes sharing this disk."""
+        lock = self._document(key).with_suffix(".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            await _flock(fd)
+            yield
+        finally:
+            os.close(fd)
+
+    def _document(self, key: str) -> Path:
+        return self.root / DOCUMENTS / hashlib.sha256(key.encode()).hexdigest()[:32]
 
     # locks -------------------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Two replicas sharing a staging directory, behind a balancer that sends every request to the next replica: eight
 skopeo and eight docker pushes at once all succeed on their first attempt, each tag is in `tags/list` right after
-its push, and the store requests per push stay within 1.2 times those of one replica. On a store with no latency
+its push, and the store requests per push stay within 1.1 times those of one replica. On a store with no latency
 (where stale memory shows most) and at 50 ms per request (a WAN away).
 
 docker is the strict client here: after each blob's 201 it HEADs the blob, often through the other replica.
@@ -30,7 +30,7 @@ from tests.support.seaweed import S3Server
 pytestmark = pytest.mark.e2e
 
 PUSHES = 8
-MAX_REQUEST_RATIO = 1.2
+MAX_REQUEST_RATIO = 1.1  # the issue asks for 1.2; replicas sharing staging take turns at documents (1.03-1.06 seen)
 
 
 @dataclass

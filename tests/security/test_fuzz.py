@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import layout
-from app.registry.staging import PUBLISHED_MARKERS, VERIFIED_MARKERS
+from app.registry.staging import DOCUMENTS, PUBLISHED_MARKERS, VERIFIED_MARKERS
 from tests.conftest import s3_settings
 from tests.security.conftest import PASSWORDS
 from tests.security.raw import RawClient, RawResponse
@@ -138,7 +138,7 @@ class Target:
         write got out)."""
         assert sorted(path.name for path in self.workdir.iterdir()) == ["staging"]
         for path in self.staging.iterdir():
-            known = UPLOAD_DIR_RE.fullmatch(path.name) or path.name in (VERIFIED_MARKERS, PUBLISHED_MARKERS)
+            known = UPLOAD_DIR_RE.fullmatch(path.name) or path.name in (VERIFIED_MARKERS, PUBLISHED_MARKERS, DOCUMENTS)
             assert known, f"{path} is outside the staging layout"
             assert path.is_dir() and not path.is_symlink(), path
 

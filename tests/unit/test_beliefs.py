@@ -11,7 +11,7 @@ from pathlib import Path
 from app import layout
 from app.registry.beliefs import EVIDENCE_TRUST_S, LISTING_TTL_S, WRITE_TRUST_S, Beliefs, Kind
 from app.registry.formats import Descriptor
-from app.registry.staging import Staging
+from app.registry.staging import SharedDocument, Staging
 from app.storage.memory import MemoryStorage
 
 NAME = "team/app"
@@ -124,3 +124,42 @@ def test_a_tags_document_counts_for_its_window_and_never_with_deletes() -> None:
     deleting = beliefs(storage, clock, deletes_enabled=True)
     deleting.learn_tags_document(NAME, ["v1"], '"1"')
     assert deleting.tags_document(NAME) is None
+
+
+def test_a_document_another_process_sharing_staging_wrote_counts_only_when_newer_and_since_start(
+    tmp_path: Path,
+) -> None:
+    storage, clock, horizon = MemoryStorage(), Clock(), Horizon()
+    staging = Staging(tmp_path)
+    key = layout.tags_list(NAME)
+    staging.share_document(key, SharedDocument(frozenset(["old"]), '"0"', clock.now - 1))  # before this start
+    memory = beliefs(storage, clock, horizon)
+    memory.adopt_tags_document(NAME, staging.shared_document(key))
+    assert memory.tags_document(NAME) is None
+
+    clock.now += 5
+    staging.share_document(key, SharedDocument(frozenset(["v1", "v2"]), '"2"', clock.now))
+    memory.adopt_tags_document(NAME, staging.shared_document(key))
+    adopted = memory.tags_document(NAME)
+    assert adopted is not None and adopted.entries == {"v1", "v2"} and adopted.etag == '"2"'
+
+    memory.learn_tags_document(NAME, ["v1", "v2", "v3"], '"3"', clock.now + 1)  # this process wrote since
+    memory.adopt_tags_document(NAME, staging.shared_document(key))
+    assert memory.tags_document(NAME).etag == '"3"'  # type: ignore[union-attr]
+
+    staging.share_document(layout.CATALOG, SharedDocument(frozenset([NAME]), '"c"', clock.now))
+    horizon.value = math.inf  # a gc run: nothing learnt counts, shared or not
+    memory.adopt_catalog(staging.shared_document(layout.CATALOG))
+    assert memory.catalog_document() is None
+
+
+def test_a_shared_document_that_is_not_one_is_ignored(tmp_path: Path) -> None:
+    staging = Staging(tmp_path)
+    key = layout.tags_list(NAME)
+    staging.share_document(key, SharedDocument(frozenset(["v1"]), None, 1.0))
+    assert staging.shared_document(layout.tags_list("other/app")) is None
+    document = next((tmp_path / "documents").glob("*[!k]"))  # not the .lock
+    document.write_text('{"key": "' + key + '", "entries": "v1", "etag": null, "at": 1}')
+    assert staging.shared_document(key) is None
+    document.write_text("not json")
+    assert staging.shared_document(key) is None
