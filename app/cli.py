@@ -217,20 +217,26 @@ def interrupts_held() -> Iterator[list[int]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, interrupted_while_loading: list[int] | None = None) -> int:
     """The command; without `argv`, the process's own command line, whose end is the process's end: a Ctrl-C
-    after the outcome was printed is then ignored, or Python's exit would die of it (exit 130 after success)."""
-    status = run(argv)
+    after the outcome was printed is then ignored, or Python's exit would die of it (exit 130 after success).
+
+    `interrupted_while_loading`: the Ctrl-Cs noted by `python -m app` before this module was loaded; from here
+    on Ctrl-C raises KeyboardInterrupt again, as the commands expect."""
+    status = run(argv, interrupted_while_loading)
     if argv is None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return status
 
 
-def run(argv: list[str] | None) -> int:
+def run(argv: list[str] | None, interrupted_while_loading: list[int] | None = None) -> int:
     with interrupts_held() as interrupted:
         from app.settings import SettingsError
 
         parser = build_parser()  # imports every command's modules
+    if interrupted_while_loading is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the commands expect KeyboardInterrupt
+        interrupted += interrupted_while_loading
     if interrupted:
         print("storj-registry: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
