@@ -61,7 +61,7 @@ from anyio.to_thread import run_sync as run
 
 from app import layout
 from app.registry.formats import Descriptor
-from app.registry.staging import SharedDocument, Staging
+from app.registry.staging import Document, Staging
 from app.storage import Storage
 
 LISTING_TTL_S = 30.0
@@ -98,15 +98,6 @@ class _Objects:
     listed_at: float = -math.inf
     too_big: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-@dataclass(frozen=True)
-class Document:
-    """A derived document as last read or written here: its entries, its version (etag), when it was had."""
-
-    entries: frozenset[str]
-    etag: str | None
-    at: float
 
 
 @dataclass
@@ -309,17 +300,19 @@ class Beliefs:
     def learn_tags_document(self, name: str, tags: Iterable[str], etag: str | None, at: float | None = None) -> None:
         self._repository(name).tags = Document(frozenset(tags), etag, self.clock() if at is None else at)
 
-    def adopt_tags_document(self, name: str, shared: SharedDocument | None) -> None:
+    def adopt_tags_document(self, name: str, shared: Document | None) -> None:
         """A version of `tags/list` a process sharing the staging disk wrote counts as this process's own, when it
         is newer and the rule lets staging evidence count."""
-        own = self._repository(name).tags
-        if shared is not None and self._evidence_counts(shared.at) and (own is None or shared.at > own.at):
-            self.learn_tags_document(name, shared.entries, shared.etag, shared.at)
+        repository = self._repository(name)
+        if self._adoptable(shared, repository.tags):
+            repository.tags = shared
 
-    def adopt_catalog(self, shared: SharedDocument | None) -> None:
-        own = self.catalog
-        if shared is not None and self._evidence_counts(shared.at) and (own is None or shared.at > own.at):
-            self.learn_catalog(shared.entries, shared.etag, shared.at)
+    def adopt_catalog(self, shared: Document | None) -> None:
+        if self._adoptable(shared, self.catalog):
+            self.catalog = shared
+
+    def _adoptable(self, shared: Document | None, own: Document | None) -> bool:
+        return shared is not None and self._evidence_counts(shared.at) and (own is None or shared.at > own.at)
 
     def catalog_document(self) -> Document | None:
         catalog = self.catalog

@@ -36,7 +36,7 @@ from app.registry.beliefs import Beliefs, Document, tags_in
 from app.registry.formats import OCI_INDEX, Descriptor
 from app.registry.keyed_locks import KeyedLocks
 from app.registry.references import is_digest
-from app.registry.staging import SharedDocument, Staging
+from app.registry.staging import Staging
 from app.storage import ObjectExists, Storage, StorageFault
 from app.storage.base import PreconditionFailed
 
@@ -340,12 +340,12 @@ class Documents:
         async with self._locks.hold(key), between_processes:
             yield
 
-    async def _shared(self, key: str) -> SharedDocument | None:
+    async def _shared(self, key: str) -> Document | None:
         return await run(self.staging.shared_document, key) if self.staging else None
 
     async def _share(self, key: str, document: Document) -> None:
         if self.staging:
-            await run(self.staging.share_document, key, SharedDocument(document.entries, document.etag, document.at))
+            await run(self.staging.share_document, key, document)
 
     def _write_entry(self, name: str) -> None:
         with contextlib.suppress(ObjectExists):

@@ -89,8 +89,9 @@ class Sealed:
 
 
 @dataclass(frozen=True)
-class SharedDocument:
-    """A derived document as a process sharing the disk wrote it: its entries, its version, when (epoch s)."""
+class Document:
+    """A version of a derived document (`tags/list`, the catalog): its entries, its etag, when it was had (epoch
+    s). What a process remembers of one (app/registry/beliefs.py), and what it leaves here for the next."""
 
     entries: frozenset[str]
     etag: str | None
@@ -248,7 +249,7 @@ class Staging:
 
     # derived documents -------------------------------------------------------------------------------------
 
-    def shared_document(self, key: str) -> SharedDocument | None:
+    def shared_document(self, key: str) -> Document | None:
         """The version of the document at `key` that a process sharing this disk last wrote, if any."""
         found = _read_json(self._document(key))
         try:
@@ -257,9 +258,9 @@ class Staging:
             return None
         if found.get("key") != key or not isinstance(entries, list) or not isinstance(etag, str | None):  # type: ignore[union-attr]
             return None
-        return SharedDocument(frozenset(map(str, entries)), etag, at)
+        return Document(frozenset(map(str, entries)), etag, at)
 
-    def share_document(self, key: str, document: SharedDocument) -> None:
+    def share_document(self, key: str, document: Document) -> None:
         record = {"key": key, "entries": sorted(document.entries), "etag": document.etag, "at": document.at}
         _write_in_fresh_folder(self._document(key), json.dumps(record))
 

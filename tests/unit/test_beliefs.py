@@ -11,7 +11,7 @@ from pathlib import Path
 from app import layout
 from app.registry.beliefs import EVIDENCE_TRUST_S, LISTING_TTL_S, WRITE_TRUST_S, Beliefs, Kind
 from app.registry.formats import Descriptor
-from app.registry.staging import SharedDocument, Staging
+from app.registry.staging import Document, Staging
 from app.storage.memory import MemoryStorage
 
 NAME = "team/app"
@@ -132,13 +132,13 @@ def test_a_document_another_process_sharing_staging_wrote_counts_only_when_newer
     storage, clock, horizon = MemoryStorage(), Clock(), Horizon()
     staging = Staging(tmp_path)
     key = layout.tags_list(NAME)
-    staging.share_document(key, SharedDocument(frozenset(["old"]), '"0"', clock.now - 1))  # before this start
+    staging.share_document(key, Document(frozenset(["old"]), '"0"', clock.now - 1))  # before this start
     memory = beliefs(storage, clock, horizon)
     memory.adopt_tags_document(NAME, staging.shared_document(key))
     assert memory.tags_document(NAME) is None
 
     clock.now += 5
-    staging.share_document(key, SharedDocument(frozenset(["v1", "v2"]), '"2"', clock.now))
+    staging.share_document(key, Document(frozenset(["v1", "v2"]), '"2"', clock.now))
     memory.adopt_tags_document(NAME, staging.shared_document(key))
     adopted = memory.tags_document(NAME)
     assert adopted is not None and adopted.entries == {"v1", "v2"} and adopted.etag == '"2"'
@@ -147,7 +147,7 @@ def test_a_document_another_process_sharing_staging_wrote_counts_only_when_newer
     memory.adopt_tags_document(NAME, staging.shared_document(key))
     assert memory.tags_document(NAME).etag == '"3"'  # type: ignore[union-attr]
 
-    staging.share_document(layout.CATALOG, SharedDocument(frozenset([NAME]), '"c"', clock.now))
+    staging.share_document(layout.CATALOG, Document(frozenset([NAME]), '"c"', clock.now))
     horizon.value = math.inf  # a gc run: nothing learnt counts, shared or not
     memory.adopt_catalog(staging.shared_document(layout.CATALOG))
     assert memory.catalog_document() is None
@@ -156,7 +156,7 @@ def test_a_document_another_process_sharing_staging_wrote_counts_only_when_newer
 def test_a_shared_document_that_is_not_one_is_ignored(tmp_path: Path) -> None:
     staging = Staging(tmp_path)
     key = layout.tags_list(NAME)
-    staging.share_document(key, SharedDocument(frozenset(["v1"]), None, 1.0))
+    staging.share_document(key, Document(frozenset(["v1"]), None, 1.0))
     assert staging.shared_document(layout.tags_list("other/app")) is None
     document = next((tmp_path / "documents").glob("*[!k]"))  # not the .lock
     document.write_text('{"key": "' + key + '", "entries": "v1", "etag": null, "at": 1}')
