@@ -2,7 +2,8 @@
 
 No cluster and no `helm` binary: `helm_python` embeds Helm's Go library (lint, schema validation, render)
 and `kubernetes_validate` checks each manifest against the bundled Kubernetes OpenAPI schemas in strict
-mode (unknown fields rejected). ServiceMonitor has no bundled schema, so its shape is asserted by hand.
+mode (unknown fields rejected). ServiceMonitor has no bundled schema, so its shape is asserted by hand. The one
+template that reads the cluster (`lookup` of the peers' Secret) is rendered once against a stand-in API server.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import json
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,7 @@ kv = require_module("kubernetes_validate.utils", "kubernetes-validate")
 RELEASE = "push"
 NAMESPACE = "registry"
 FULLNAME = f"{RELEASE}-storj-registry"
+PEERS = f"{FULLNAME}-peers"  # the headless Service, and the Secret holding the peers' shared secret
 # The oldest release the chart declares (Chart.yaml kubeVersion), one in wide use, and the newest bundled.
 KUBE_VERSIONS = ("1.25.0", "1.30.0", kv.latest_version())
 LINT_KUBE_VERSION = "v1.30.0"
@@ -61,6 +67,7 @@ EXISTING_SECRET: dict[str, Any] = {
 }
 STAGING_PVC: dict[str, Any] = {
     **S3,
+    "replicaCount": 1,
     "staging": {"persistence": {"enabled": True, "size": "200Gi", "storageClass": "fast-ssd"}},
 }
 SCALED: dict[str, Any] = {
@@ -161,6 +168,23 @@ class Rendered:
     def kinds(self) -> set[str]:
         return {m["kind"] for m in self.manifests}
 
+    def named(self, kind: str, name: str) -> dict[str, Any] | None:
+        return next((m for m in self.all(kind) if m["metadata"]["name"] == name), None)
+
+    @property
+    def service(self) -> dict[str, Any]:
+        """The Service clients reach (the other one, headless, only lets the pods find each other)."""
+        service = self.named("Service", FULLNAME)
+        assert service is not None
+        return service
+
+    @property
+    def secret(self) -> dict[str, Any]:
+        """The chart's Secret for credentials and files (the peers' secret has a Secret of its own)."""
+        secret = self.named("Secret", FULLNAME)
+        assert secret is not None
+        return secret
+
     @property
     def pod(self) -> dict[str, Any]:
         spec: dict[str, Any] = self.one("Deployment")["spec"]["template"]["spec"]
@@ -193,7 +217,10 @@ def chart() -> Iterator[Any]:
 
 
 def render(chart: Any, values: dict[str, Any]) -> Rendered:
-    files = chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+    return parse_files(chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE))
+
+
+def parse_files(files: dict[str, str]) -> Rendered:
     manifests: list[dict[str, Any]] = []
     for path, text in sorted(files.items()):
         if path.endswith(".yaml"):
@@ -204,6 +231,47 @@ def render(chart: Any, values: dict[str, Any]) -> Rendered:
 
 def template_text(rendered: Rendered, template: str) -> str:
     return rendered.files[f"storj-registry/templates/{template}"]
+
+
+@contextmanager
+def cluster_holding(*secrets: dict[str, Any]) -> Iterator[Any]:
+    """A Helm configuration whose cluster is a stand-in API server holding only `secrets`: enough for `lookup`."""
+    secret = {"name": "secrets", "singularName": "secret", "namespaced": True, "kind": "Secret", "verbs": ["get"]}
+    answers: dict[str, dict[str, Any]] = {
+        "/api/v1": {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [secret]},
+        **{f"/api/v1/namespaces/{s['metadata']['namespace']}/secrets/{s['metadata']['name']}": s for s in secrets},
+    }
+    not_found = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}
+
+    class Api(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.partition("?")[0]
+            data = json.dumps(answers.get(path, not_found)).encode()
+            self.send_response(200 if path in answers else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "stand-in", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
+        "users": [{"name": "stand-in", "user": {}}],
+        "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "stand-in"}}],
+        "current-context": "stand-in",
+    }
+    try:
+        with helm.Config(kubeconfig_content=yaml.safe_dump(kubeconfig), namespace=NAMESPACE) as config:
+            yield config
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --- the chart as a whole -------------------------------------------------------------------------
@@ -243,19 +311,29 @@ def test_selectors_match_the_pods(chart: Any, values: dict[str, Any]) -> None:
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     selectors = [
         deployment["spec"]["selector"]["matchLabels"],
-        rendered.one("Service")["spec"]["selector"],
+        *(service["spec"]["selector"] for service in rendered.all("Service")),
         *(pdb["spec"]["selector"]["matchLabels"] for pdb in rendered.all("PodDisruptionBudget")),
     ]
     for selector in selectors:
         assert selector and selector.items() <= pod_labels.items()
 
 
-# --- defaults: a hardened single pod on an emptyDir -----------------------------------------------
+# --- defaults: two hardened pods, each staging on its own emptyDir --------------------------------
 
 
-def test_defaults_render_only_the_basic_objects(chart: Any) -> None:
+def test_defaults_render_two_peer_pods_with_a_disruption_budget(chart: Any) -> None:
     rendered = render(chart, {})
+    assert rendered.kinds() == {"Deployment", "Service", "ServiceAccount", "Secret", "PodDisruptionBudget"}
+    assert rendered.one("Deployment")["spec"]["replicas"] == 2
+    assert sorted(service["metadata"]["name"] for service in rendered.all("Service")) == [FULLNAME, PEERS]
+    assert sorted(secret["metadata"]["name"] for secret in rendered.all("Secret")) == [FULLNAME, PEERS]
+
+
+def test_one_pod_renders_only_the_basic_objects(chart: Any) -> None:
+    rendered = render(chart, {"replicaCount": 1})
     assert rendered.kinds() == {"Deployment", "Service", "ServiceAccount", "Secret"}
+    assert [service["metadata"]["name"] for service in rendered.all("Service")] == [FULLNAME]
+    assert [secret["metadata"]["name"] for secret in rendered.all("Secret")] == [FULLNAME]
     assert rendered.one("Deployment")["spec"]["replicas"] == 1
 
 
@@ -318,19 +396,39 @@ def test_settings_reach_the_container_as_registry_variables(chart: Any) -> None:
         "REGISTRY_MAX_MANIFEST_BYTES": "8388608",
         "REGISTRY_DELETE_ENABLED": "true",
         "REGISTRY_LOG_FORMAT": "text",
-        "REGISTRY_SHUTDOWN_DRAIN_SECONDS": "5",
-        "REGISTRY_SHUTDOWN_GRACE_SECONDS": "50",
+        "REGISTRY_SHUTDOWN_DRAIN_SECONDS": "10",
+        "REGISTRY_SHUTDOWN_GRACE_SECONDS": "40",
+        "REGISTRY_ADVERTISE_URL": "http://$(POD_IP):5000",
+        "REGISTRY_PEERS": f"dns+http://{PEERS}.{NAMESPACE}.svc.cluster.local:5000",
+        "REGISTRY_PEERS_REFRESH_SECONDS": "5",
         "REGISTRY_S3_MAX_CONCURRENCY": "8",
         "TMPDIR": "/tmp",
     }
 
 
-@pytest.mark.parametrize(("termination_grace", "drain", "grace"), [(60, 5, 50), (10, 2, 6), (0, 0, 0)])
+ONE_POD: dict[str, Any] = {"replicaCount": 1}
+PEER_PODS: dict[str, Any] = {"replicaCount": 2}
+SLOW_PEERS: dict[str, Any] = {"replicaCount": 2, "peers": {"refreshSeconds": 8}}
+
+
+@pytest.mark.parametrize(
+    ("values", "termination_grace", "drain", "grace"),
+    [
+        (ONE_POD, 60, 5, 50),
+        (ONE_POD, 10, 2, 6),
+        (ONE_POD, 0, 0, 0),
+        # With peers the drain lasts two refresh intervals, so that every peer has seen the pod leave.
+        (PEER_PODS, 60, 10, 40),
+        (PEER_PODS, 10, 2, 6),
+        (SLOW_PEERS, 100, 16, 68),
+        (SLOW_PEERS, 60, 15, 30),
+    ],
+)
 def test_drain_and_grace_fit_in_the_termination_grace_period(
-    chart: Any, termination_grace: int, drain: int, grace: int
+    chart: Any, values: dict[str, Any], termination_grace: int, drain: int, grace: int
 ) -> None:
     """The service's graceful stop (drain, then requests in flight) ends before the kubelet's SIGKILL."""
-    env = render(chart, {"terminationGracePeriodSeconds": termination_grace}).env()
+    env = render(chart, {**values, "terminationGracePeriodSeconds": termination_grace}).env()
     assert env["REGISTRY_SHUTDOWN_DRAIN_SECONDS"]["value"] == str(drain)
     assert env["REGISTRY_SHUTDOWN_GRACE_SECONDS"]["value"] == str(grace)
     assert drain + grace <= termination_grace
@@ -348,8 +446,7 @@ def test_s3_credentials_come_only_from_the_secret(chart: Any) -> None:
     for manifest in rendered.manifests:
         text = yaml.safe_dump(manifest)
         assert ACCESS_KEY not in text and SECRET_KEY not in text, manifest["kind"]
-    secret = rendered.one("Secret")
-    assert secret["metadata"]["name"] == FULLNAME
+    secret = rendered.secret
     decoded = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
     assert decoded == {"s3-access-key": ACCESS_KEY, "s3-secret-key": SECRET_KEY}
 
@@ -364,8 +461,8 @@ def test_secret_checksum_rolls_the_pods_when_credentials_change(chart: Any) -> N
     assert other["checksum/secret"] != annotation
 
 
-def test_service_exposes_port_5000_without_affinity_for_one_pod(chart: Any) -> None:
-    service = render(chart, {}).one("Service")["spec"]
+def test_service_exposes_port_5000_without_affinity(chart: Any) -> None:
+    service = render(chart, {}).service["spec"]
     assert service["type"] == "ClusterIP"
     assert service["ports"] == [{"name": "http", "port": 5000, "targetPort": "http", "protocol": "TCP"}]
     assert service["sessionAffinity"] == "None"
@@ -441,7 +538,7 @@ def test_notes_give_the_ingress_push_address(chart: Any) -> None:
 
 def test_existing_secret_creates_no_secret_and_is_referenced(chart: Any) -> None:
     rendered = render(chart, EXISTING_SECRET)
-    assert "Secret" not in rendered.kinds()
+    assert [secret["metadata"]["name"] for secret in rendered.all("Secret")] == [PEERS]  # only the peers' own
     env = rendered.env()
     assert env["REGISTRY_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "storj-credentials"
     assert env["REGISTRY_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "storj-credentials"
@@ -466,7 +563,7 @@ def test_existing_secret_key_names_are_configurable(chart: Any) -> None:
 
 def test_htpasswd_content_goes_into_the_chart_secret(chart: Any) -> None:
     rendered = render(chart, {**S3, "auth": {"htpasswd": {"enabled": True, "content": HTPASSWD}}})
-    secret = rendered.one("Secret")
+    secret = rendered.secret
     assert base64.b64decode(secret["data"]["htpasswd"]).decode() == HTPASSWD
     assert rendered.volume("htpasswd")["secret"]["secretName"] == FULLNAME
     assert all(HTPASSWD not in yaml.safe_dump(m) for m in rendered.manifests)
@@ -531,29 +628,162 @@ def test_autoscaled_replicas_with_budget_and_shared_staging(chart: Any) -> None:
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
     pdb = rendered.one("PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 2 and "maxUnavailable" not in pdb["spec"]
+    # A shared staging claim stays possible beside the peers (the autoscaler may run several pods).
     assert rendered.one("PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
-    # Shared staging: any pod can take any request of an upload.
-    assert rendered.one("Service")["spec"]["sessionAffinity"] == "None"
+    assert "REGISTRY_PEERS" in rendered.env()
+    assert rendered.service["spec"]["sessionAffinity"] == "None"
     assert "NOTE: several pods" not in rendered.notes
 
 
-def test_replicas_without_shared_staging_fall_back_to_client_affinity(chart: Any) -> None:
-    values = {**INGRESS_TLS, "replicaCount": 3}
-    rendered = render(chart, values)
+def test_replicas_work_as_peers_without_affinity_or_shared_staging(chart: Any) -> None:
+    rendered = render(chart, {**INGRESS_TLS, "replicaCount": 3})
     assert rendered.one("Deployment")["spec"]["replicas"] == 3
-    service = rendered.one("Service")["spec"]
+    peers = rendered.named("Service", PEERS)
+    assert peers is not None, "the headless Service the pods find each other by"
+    spec = peers["spec"]
+    assert spec["clusterIP"] == "None" and spec["publishNotReadyAddresses"] is False
+    assert spec["selector"] == rendered.service["spec"]["selector"]
+    assert spec["ports"] == [{"name": "http", "port": 5000, "targetPort": "http", "protocol": "TCP"}]
+    env = rendered.env()
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    names = list(env)  # $(POD_IP) expands only in variables that come after it
+    assert names.index("POD_IP") < names.index("REGISTRY_ADVERTISE_URL")
+    assert env["REGISTRY_ADVERTISE_URL"]["value"] == "http://$(POD_IP):5000"
+    assert env["REGISTRY_PEERS"]["value"] == f"dns+http://{PEERS}.{NAMESPACE}.svc.cluster.local:5000"
+    assert env["REGISTRY_PEERS_REFRESH_SECONDS"]["value"] == "5"
+    assert "value" not in env["REGISTRY_PEER_SECRET"]
+    assert env["REGISTRY_PEER_SECRET"]["valueFrom"] == {"secretKeyRef": {"name": PEERS, "key": "peer-secret"}}
+    secret = rendered.named("Secret", PEERS)
+    assert secret is not None and set(secret["data"]) == {"peer-secret"}
+    shared = base64.b64decode(secret["data"]["peer-secret"]).decode()
+    assert len(shared) >= 16
+    assert all(shared not in yaml.safe_dump(m) for m in rendered.manifests if m["kind"] != "Secret")
+    # Any pod takes any request: no session affinity, no hashing at the ingress, no shared staging claim.
+    service = rendered.service["spec"]
+    assert service["sessionAffinity"] == "None" and "sessionAffinityConfig" not in service
+    assert "nginx.ingress.kubernetes.io/upstream-hash-by" not in rendered.one("Ingress")["metadata"]["annotations"]
+    assert "PersistentVolumeClaim" not in rendered.kinds()
+    assert "emptyDir" in rendered.volume("staging")
+    assert rendered.one("Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
+    pdb = rendered.one("PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1 and "minAvailable" not in pdb
+    assert "NOTE" not in rendered.notes and "WARNING" not in rendered.notes
+
+
+PEER_ENV = {
+    "POD_IP",
+    "REGISTRY_ADVERTISE_URL",
+    "REGISTRY_PEERS",
+    "REGISTRY_PEERS_REFRESH_SECONDS",
+    "REGISTRY_PEER_SECRET",
+}
+PEER_WIRING: dict[str, tuple[dict[str, Any], bool]] = {
+    "one-pod": ({"replicaCount": 1}, False),
+    "scaled-to-zero": ({"replicaCount": 0}, False),
+    "autoscaled": ({"replicaCount": 1, "autoscaling": {"enabled": True}}, True),
+    "turned-off": ({"replicaCount": 3, "peers": {"enabled": False}}, False),
+    "turned-on-for-one-pod": ({"replicaCount": 1, "peers": {"enabled": True}}, True),
+}
+
+
+@pytest.mark.parametrize(("values", "wired"), PEER_WIRING.values(), ids=PEER_WIRING.keys())
+def test_peers_are_wired_when_more_than_one_pod_can_run(chart: Any, values: dict[str, Any], wired: bool) -> None:
+    rendered = render(chart, {**S3, **values})
+    assert rendered.env().keys() & PEER_ENV == (PEER_ENV if wired else set())
+    assert (rendered.named("Service", PEERS) is not None) is wired
+    assert (rendered.named("Secret", PEERS) is not None) is wired
+    assert rendered.service["spec"]["sessionAffinity"] == ("ClientIP" if values.get("replicaCount") == 3 else "None")
+
+
+def test_peers_resolve_in_the_configured_cluster_domain(chart: Any) -> None:
+    env = render(chart, {**S3, "clusterDomain": "k8s.example.internal", "peers": {"refreshSeconds": 2}}).env()
+    assert env["REGISTRY_PEERS"]["value"] == f"dns+http://{PEERS}.{NAMESPACE}.svc.k8s.example.internal:5000"
+    assert env["REGISTRY_PEERS_REFRESH_SECONDS"]["value"] == "2"
+
+
+def test_existing_peer_secret_is_referenced_and_none_is_made(chart: Any) -> None:
+    values = {
+        **EXISTING_SECRET,
+        "peers": {"existingSecret": "registry-peers"},
+        "secretKeys": {"peerSecret": "shared-secret"},
+    }
+    rendered = render(chart, values)
+    assert "Secret" not in rendered.kinds()
+    reference = rendered.env()["REGISTRY_PEER_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert reference == {"name": "registry-peers", "key": "shared-secret"}
+    assert rendered.named("Service", PEERS) is not None
+
+
+def test_the_peer_secret_is_made_once_and_kept_across_upgrades(chart: Any) -> None:
+    """Old and new pods of a rolling update must agree on it: an upgrade reads back the value in the cluster."""
+
+    def shared(rendered: Rendered) -> str:
+        secret = rendered.named("Secret", PEERS)
+        assert secret is not None
+        return base64.b64decode(secret["data"]["peer-secret"]).decode()
+
+    first = shared(render(chart, S3))
+    assert shared(render(chart, S3)) != first, "without a cluster to read, each render makes a new one"
+    installed = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": PEERS, "namespace": NAMESPACE},
+        "type": "Opaque",
+        "data": {"peer-secret": base64.b64encode(first.encode()).decode()},
+    }
+    with cluster_holding(installed) as cluster:
+        upgraded = cluster.render(chart, copy.deepcopy(S3), name=RELEASE, namespace=NAMESPACE, is_upgrade=True)
+    assert shared(parse_files(upgraded)) == first
+    with cluster_holding() as cluster:
+        installing = cluster.render(chart, copy.deepcopy(S3), name=RELEASE, namespace=NAMESPACE, is_install=True)
+    assert shared(parse_files(installing)) not in {first, ""}
+
+
+def test_replicas_without_peers_fall_back_to_client_affinity(chart: Any) -> None:
+    values = {**INGRESS_TLS, "replicaCount": 3, "peers": {"enabled": False}}
+    rendered = render(chart, values)
+    service = rendered.service["spec"]
     assert service["sessionAffinity"] == "ClientIP"
     assert service["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 10800}}
     annotations = rendered.one("Ingress")["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$binary_remote_addr"
-    assert "ReadWriteMany" in rendered.notes
+    assert "peers.enabled=auto" in rendered.notes
     forced = render(chart, {**values, "service": {"sessionAffinity": "None"}})
-    assert forced.one("Service")["spec"]["sessionAffinity"] == "None"
+    assert forced.service["spec"]["sessionAffinity"] == "None"
+    shared_staging = copy.deepcopy(values)
+    shared_staging["staging"] = {"persistence": {"enabled": True, "accessMode": "ReadWriteMany"}}
+    assert render(chart, shared_staging).service["spec"]["sessionAffinity"] == "None"
+
+
+def test_client_affinity_can_still_be_asked_for_with_peers(chart: Any) -> None:
+    rendered = render(chart, {**INGRESS_TLS, "service": {"sessionAffinity": "ClientIP"}})
+    assert "REGISTRY_PEERS" in rendered.env()
+    assert rendered.service["spec"]["sessionAffinity"] == "ClientIP"
+    annotations = rendered.one("Ingress")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$binary_remote_addr"
+
+
+def test_pdb_follows_the_number_of_pods_unless_set(chart: Any) -> None:
+    assert "PodDisruptionBudget" not in render(chart, {"replicaCount": 1}).kinds()
+    assert "PodDisruptionBudget" not in render(chart, {"podDisruptionBudget": {"enabled": False}}).kinds()
+    autoscaled = render(chart, {"replicaCount": 1, "autoscaling": {"enabled": True}})
+    assert autoscaled.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
 
 
 def test_pdb_defaults_to_max_unavailable_one(chart: Any) -> None:
-    pdb = render(chart, {"podDisruptionBudget": {"enabled": True}}).one("PodDisruptionBudget")
+    values = {"replicaCount": 1, "podDisruptionBudget": {"enabled": True}}
+    pdb = render(chart, values).one("PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+
+
+def test_notes_warn_about_one_claim_or_per_pod_token_keys_for_several_pods(chart: Any) -> None:
+    one_claim = {**STAGING_PVC, "replicaCount": 2}
+    assert "several pods mount one ReadWriteOnce staging claim" in render(chart, one_claim).notes
+    assert "WARNING" not in render(chart, STAGING_PVC).notes
+    issuing = {**S3, "auth": {"token": {"enabled": True, "service": "push.example.com"}}}
+    assert "Set auth.tokenKey" in render(chart, issuing).notes
+    assert "WARNING" not in render(chart, {**issuing, "replicaCount": 1}).notes
+    assert "WARNING" not in render(chart, {**issuing, "auth": {**issuing["auth"], "tokenKey": TOKEN_KEY}}).notes
 
 
 def test_servicemonitor_scrapes_metrics(chart: Any) -> None:
@@ -565,10 +795,13 @@ def test_servicemonitor_scrapes_metrics(chart: Any) -> None:
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     spec = monitor["spec"]
     assert set(spec) == {"selector", "namespaceSelector", "endpoints"}
-    assert spec["selector"]["matchLabels"].items() <= rendered.one("Service")["metadata"]["labels"].items()
+    assert spec["selector"]["matchLabels"].items() <= rendered.service["metadata"]["labels"].items()
+    peers = rendered.named("Service", PEERS)
+    assert peers is not None
+    assert not spec["selector"]["matchLabels"].items() <= peers["metadata"]["labels"].items(), "pods scraped twice"
     assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     (endpoint,) = spec["endpoints"]
-    service_ports = {p["name"] for p in rendered.one("Service")["spec"]["ports"]}
+    service_ports = {p["name"] for p in rendered.service["spec"]["ports"]}
     assert endpoint["port"] in service_ports
     assert endpoint == {
         "port": "http",
@@ -606,6 +839,8 @@ def test_pod_tls_switches_probes_and_scrapes_to_https(chart: Any) -> None:
     tls_dir = rendered.mount("tls")["mountPath"]
     assert env["REGISTRY_TLS_CERT"]["value"] == f"{tls_dir}/tls.crt"
     assert env["REGISTRY_TLS_KEY"]["value"] == f"{tls_dir}/tls.key"
+    assert env["REGISTRY_ADVERTISE_URL"]["value"] == "https://$(POD_IP):5000"
+    assert env["REGISTRY_PEERS"]["value"].startswith("dns+https://")
     assert rendered.volume("tls")["secret"]["secretName"] == "pod-tls"
     assert rendered.one("ServiceMonitor")["spec"]["endpoints"][0]["scheme"] == "https"
     pod_annotations = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
@@ -641,6 +876,10 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "public-url-without-scheme": ({"publicUrl": "registry.example.com"}, "publicUrl"),
     "log-format": ({"logFormat": "xml"}, "logFormat"),
     "affinity-mode": ({"service": {"sessionAffinity": "Sticky"}}, "sessionAffinity"),
+    "peers-mode": ({"peers": {"enabled": "yes"}}, "peers"),
+    "peers-refresh": ({"peers": {"refreshSeconds": 0}}, "refreshSeconds"),
+    "budget-mode": ({"podDisruptionBudget": {"enabled": "sometimes"}}, "podDisruptionBudget"),
+    "cluster-domain": ({"clusterDomain": "Cluster Local"}, "clusterDomain"),
     "tiny-manifest-limit": ({"maxManifestBytes": 10}, "maxManifestBytes"),
     "ingress-path-type": (
         {"ingress": {"hosts": [{"host": "a.example.com", "paths": [{"path": "/v2", "pathType": "Any"}]}]}},
@@ -684,18 +923,25 @@ def test_token_auth_rules_and_signing_key_reach_the_service(chart: Any) -> None:
     assert env["REGISTRY_SERVICE_URL"] == "https://push.example.com"
     items = rendered.volume("htpasswd")["secret"]["items"]
     assert [item["path"] for item in items] == ["htpasswd", "access.yaml", "token.key"]
-    data = rendered.one("Secret")["data"]
+    data = rendered.secret["data"]
     assert base64.b64decode(data["token.key"]).decode() == TOKEN_KEY
     assert base64.b64decode(data["access.yaml"]).decode() == RULES
     assert all("not-a-real-key" not in yaml.safe_dump(m) for m in rendered.manifests if m["kind"] != "Secret")
 
 
+# Settings of the replicas' side in app/ (peers), named as agreed; the service's Settings take over once it has them.
+PEER_SETTINGS = {"peers", "peers_refresh_seconds", "advertise_url", "peer_secret"}
+
+
 def test_every_rendered_registry_variable_is_a_setting_of_the_service(chart: Any) -> None:
     """A misspelt variable would be ignored silently by the service (extra settings are allowed)."""
+    known = set(Settings.model_fields)
+    if "peers" not in known:
+        known |= PEER_SETTINGS
     for values in VALUE_SETS.values():
         for name in render(chart, values).env():
             if name.startswith("REGISTRY_"):
-                assert name.removeprefix("REGISTRY_").lower() in Settings.model_fields, name
+                assert name.removeprefix("REGISTRY_").lower() in known, name
 
 
 def test_the_ingress_publishes_the_token_endpoint_only_when_the_service_issues_tokens(chart: Any) -> None:
@@ -715,7 +961,7 @@ def test_ci_issuers_and_event_receivers_reach_the_service_with_secrets_only_in_t
 ) -> None:
     rendered = render(chart, OIDC_EVENTS)
     env = rendered.env()
-    secret = rendered.one("Secret")
+    secret = rendered.secret
     endpoints_ref = env["REGISTRY_EVENTS_ENDPOINTS"]["valueFrom"]["secretKeyRef"]
     assert endpoints_ref == {"name": secret["metadata"]["name"], "key": "events-endpoints.json"}
     endpoints = base64.b64decode(secret["data"]["events-endpoints.json"]).decode()
@@ -734,7 +980,7 @@ def test_ci_issuers_and_event_receivers_reach_the_service_with_secrets_only_in_t
 
 def test_existing_secret_holds_the_event_receivers(chart: Any) -> None:
     rendered = render(chart, {**OIDC_EVENTS, "existingSecret": "mine", "secretKeys": {"eventsEndpoints": "hooks"}})
-    assert "Secret" not in rendered.kinds()
+    assert rendered.named("Secret", FULLNAME) is None
     reference = rendered.env()["REGISTRY_EVENTS_ENDPOINTS"]["valueFrom"]["secretKeyRef"]
     assert reference == {"name": "mine", "key": "hooks"}
 

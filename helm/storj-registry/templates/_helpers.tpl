@@ -27,11 +27,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "storj-registry.labels" -}}
+{{ include "storj-registry.releaseLabels" . }}
+app.kubernetes.io/component: registry
+{{- end }}
+
+{{/* The labels of every object, but its component. */}}
+{{- define "storj-registry.releaseLabels" -}}
 helm.sh/chart: {{ include "storj-registry.chart" . }}
 {{ include "storj-registry.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/component: registry
 {{- end }}
 
 {{- define "storj-registry.serviceAccountName" -}}
@@ -74,14 +79,40 @@ app.kubernetes.io/component: registry
 {{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
 {{- end }}
 
+{{/* A switch set to true, false or `auto` (on when more than one pod can run): `list value $`. */}}
+{{- define "storj-registry.switch" -}}
+{{- $mode := toString (index . 0) }}
+{{- if or (eq $mode "true") (and (eq $mode "auto") (include "storj-registry.multiPod" (index . 1))) }}true{{ end }}
+{{- end }}
+
+{{/* The pods know each other (REGISTRY_PEERS) and forward each repository's requests to the pod that owns it. */}}
+{{- define "storj-registry.peers" -}}
+{{- include "storj-registry.switch" (list .Values.peers.enabled .) }}
+{{- end }}
+
+{{/* The headless Service the pods find each other by, and the chart's Secret holding their shared secret. */}}
+{{- define "storj-registry.peersName" -}}
+{{- printf "%s-peers" (include "storj-registry.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "storj-registry.peerSecretName" -}}
+{{- default (include "storj-registry.peersName" .) .Values.peers.existingSecret }}
+{{- end }}
+
+{{/* The port the container listens on (REGISTRY_LISTEN_PORT's default), which peers reach directly. */}}
+{{- define "storj-registry.containerPort" -}}
+5000
+{{- end }}
+
 {{/*
-Session affinity of the Service. `auto` pins a client to one pod when several pods run without a
-shared staging volume, so that the chunks of one upload land where the upload was started.
+Session affinity of the Service. `auto` pins a client to one pod only when several pods run that neither
+forward to each other (peers) nor share a staging volume, so that the chunks of one upload land where the
+upload was started.
 */}}
 {{- define "storj-registry.sessionAffinity" -}}
 {{- $mode := .Values.service.sessionAffinity }}
 {{- if eq $mode "auto" }}
-{{- if and (include "storj-registry.multiPod" .) (not (include "storj-registry.sharedStaging" .)) }}ClientIP{{ else }}None{{ end }}
+{{- if and (include "storj-registry.multiPod" .) (not (include "storj-registry.peers" .)) (not (include "storj-registry.sharedStaging" .)) }}ClientIP{{ else }}None{{ end }}
 {{- else }}
 {{- $mode }}
 {{- end }}
