@@ -8,6 +8,7 @@ steer the `Location` URLs the service hands out.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import re
@@ -20,10 +21,12 @@ from typing import Any
 import anyio
 from fastapi import Depends, FastAPI
 
+from app import cluster
 from app.api import auth as auth_api
 from app.auth import Gate, UploadLimiter, guard
+from app.cluster.members import HOPS_HEADER, PEER_HEADER
 from app.connections import head_deadline_protocol
-from app.errors import ShuttingDown
+from app.errors import Denied, ShuttingDown
 from app.registry.limits import BodyRefused
 from app.settings import LOOPBACK_HOSTS, Settings, SettingsError
 
@@ -51,13 +54,19 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(auth_api.router)
     app.state.gate = Gate(settings)
     app.state.upload_limiter = UploadLimiter(settings.max_uploads_per_client)
+    cluster.install(app, settings, app.state.drain)  # innermost: forwards what the limits below let through
     app.add_middleware(
         RequestLimits,
         max_header_bytes=settings.max_header_bytes,
         idle=settings.upload_idle_timeout,
         min_rate=settings.min_body_rate,
     )
-    app.add_middleware(ForwardedHeaders, trusted=settings.trusted_proxies, service_url=settings.service_url)
+    app.add_middleware(
+        ForwardedHeaders,
+        trusted=settings.trusted_proxies,
+        service_url=settings.service_url,
+        peer_secret=settings.peer_secret if settings.peers else "",
+    )
     app.add_middleware(StoppedRequests)
     if not settings.auth_enabled:
         log.warning(
@@ -158,12 +167,19 @@ class StoppedRequests:
 
 
 class ForwardedHeaders:
-    """Trust `X-Forwarded-*` from configured proxies; make `Location` absolute when the external URL is known."""
+    """Trust `X-Forwarded-*` from configured proxies and from replicas that prove the peer secret (app/cluster/);
+    make `Location` absolute when the external URL is known.
 
-    def __init__(self, app: ASGIApp, trusted: Networks, service_url: str) -> None:
+    A request forwarded by a replica carries `X-Registry-Peer`: with the right secret it is marked as a peer's
+    (answered here, never forwarded again) and its client and scheme are believed; the replica that forwarded it
+    makes `Location` absolute for its client. With a wrong one it is refused 403: a client cannot pose as a peer.
+    """
+
+    def __init__(self, app: ASGIApp, trusted: Networks, service_url: str, peer_secret: str = "") -> None:
         self.app = app
         self.trusted = trusted
         self.service_url = service_url
+        self.peer_secret = peer_secret.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -171,7 +187,15 @@ class ForwardedHeaders:
             return
         forwarded = ""
         peer = scope.get("client")
-        if peer and self._trusts(peer[0]):
+        claimed = next((value for name, value in scope["headers"] if name == PEER_HEADER), None)
+        if claimed is not None:
+            if not (self.peer_secret and hmac.compare_digest(claimed, self.peer_secret)):
+                await _refuse(send, 403, Denied("X-Registry-Peer: not a replica of this cluster").body())
+                return
+            hops = next((value for name, value in scope["headers"] if name == HOPS_HEADER), b"1")
+            scope.setdefault("state", {})["peer_hops"] = int(hops) if hops.isdigit() else 1
+            self._adopt_forwarded(scope, from_peer=True)
+        elif peer and self._trusts(peer[0]):
             forwarded = self._adopt_forwarded(scope)
         base = self.service_url or forwarded
         if not base:
@@ -192,10 +216,11 @@ class ForwardedHeaders:
             return False
         return any(parsed in network for network in self.trusted)
 
-    def _adopt_forwarded(self, scope: Scope) -> str:
+    def _adopt_forwarded(self, scope: Scope, *, from_peer: bool = False) -> str:
         """Rewrite client, scheme and host from the proxy's headers; the external base URL if they name one."""
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-        client = self._client(headers.get("x-forwarded-for", ""))
+        forwarded_for = headers.get("x-forwarded-for", "")
+        client = _address(forwarded_for) if from_peer else self._client(forwarded_for)
         if client:
             scope["client"] = (client, 0)
         proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
@@ -218,6 +243,13 @@ class ForwardedHeaders:
                 return ""
             if not self._trusts(candidate):
                 return candidate
+        return ""
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ip_address(text.strip()))
+    except ValueError:
         return ""
 
 

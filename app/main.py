@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from app import edge
+from app import cluster, edge
 from app.api import base, blobs, health, manifests, page, tags, uploads
 from app.api.health import Readiness
 from app.lifecycle import Drain
@@ -22,9 +22,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     settings = settings or load_settings()
     app = FastAPI(title="storj-registry", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.settings = settings
-    edge.install(app, settings)  # auth, limits, proxy headers: before the routers, which it guards
-    app.state.registry = registry or build_registry(settings)
     app.state.drain = Drain()
+    edge.install(app, settings)  # auth, limits, proxy headers, peers: before the routers, which it guards
+    app.state.registry = registry or build_registry(settings)
     app.state.readiness = Readiness(app.state.registry.storage, app.state.registry.uploads.root)
     instrument_storage(app.state.registry.storage)
     base.install_error_handlers(app)
@@ -43,5 +43,5 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry: Registry = app.state.registry
     with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, registry.policy.reload)
-    async with page.publishing_page(app), registry.running():
+    async with page.publishing_page(app), registry.running(), cluster.running(app):
         yield

@@ -24,6 +24,11 @@ HTTP_REQUEST_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+FORWARDED = Counter(
+    "registry_forwarded_requests",
+    "Requests that belonged to another replica (app/cluster/): forwarded, unreachable peer, lost on the way",
+    ["outcome"],
+)
 STORAGE_REQUESTS = Counter(
     "registry_storage_requests",
     "Requests made to the store: S3 requests by operation (retries included), or filesystem backend calls",

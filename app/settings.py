@@ -18,6 +18,8 @@ MiB = 1024 * 1024
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 PREFIX = "REGISTRY_"
+PEER_URL = re.compile(r"(?:dns\+)?https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}")  # a replica's base URL
+MIN_PEER_SECRET = 16
 ENV_FILE = ".env"
 STORJ_GATEWAY = "https://gateway.storjshare.io"
 SETTINGS_DOC = "docs/settings.md"
@@ -145,6 +147,12 @@ class Settings(BaseSettings):
     share_min_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
     publish_in_background: bool = True
 
+    # several replicas (app/cluster/): who the others are, how they reach this one, what proves a peer
+    peers: str = ""  # base URLs, comma-separated, or dns+http://NAME:PORT (a headless Service)
+    advertise_url: str = ""
+    peer_secret: str = ""
+    peers_refresh_seconds: float = Field(default=5, gt=0, le=300)
+
     @field_validator("storage", "log_format", mode="before")
     @classmethod
     def _any_case(cls, value: object) -> object:
@@ -244,6 +252,35 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("peers")
+    @classmethod
+    def _check_peers(cls, value: str) -> str:
+        parts = [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        if any(part.startswith("dns+") for part in parts) and len(parts) > 1:
+            raise ValueError("a dns+http:// name stands alone (it resolves to every replica)")
+        for part in parts:
+            if not PEER_URL.fullmatch(part):
+                raise ValueError(f"{part!r} is not http://HOST:PORT, https://HOST:PORT or dns+http://NAME:PORT")
+        return ",".join(parts)
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _check_advertise_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not PEER_URL.fullmatch(value):
+            raise ValueError("must be this replica's base URL, http://HOST:PORT or https://HOST:PORT")
+        return value
+
+    @model_validator(mode="after")
+    def _peers_are_coherent(self) -> Settings:
+        if not self.peers:
+            return self
+        if not self.advertise_url or self.advertise_url.startswith("dns+"):
+            raise ValueError("REGISTRY_PEERS needs REGISTRY_ADVERTISE_URL (this replica's URL, as its peers reach it)")
+        if len(self.peer_secret) < MIN_PEER_SECRET:
+            raise ValueError(f"REGISTRY_PEERS needs REGISTRY_PEER_SECRET (at least {MIN_PEER_SECRET} characters)")
+        return self
 
     @model_validator(mode="after")
     def _s3_needs_credentials(self) -> Settings:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from anyio.to_thread import run_sync as run
 
+from app.cluster.members import member_id
 from app.events import Notifier
 from app.registry.beliefs import Beliefs
 from app.registry.blobs import Blobs
@@ -96,10 +97,8 @@ class Registry:
     async def _learn_the_store(self) -> None:
         """Whether the store refuses a stale conditional write (app/registry/documents.py); until this is known,
         and if it cannot be learnt, documents are written the way that is correct without it."""
-        probe = getattr(self.storage, "probe_conditional_overwrite", None)
-        if probe is not None:
-            with contextlib.suppress(StorageFault):
-                await run(probe)
+        with contextlib.suppress(StorageFault):
+            await run(getattr, self.storage, "conditional_overwrite")
 
     async def warm(self) -> None:
         """At start, off any push's path, read what pushes will ask: whether `v2/index.html` is there, the
@@ -118,16 +117,19 @@ class Registry:
             await self.records.load()
 
     async def settle(self) -> None:
-        """Finish the writes that go on behind answers: verified blobs, location records (before an exit)."""
+        """Finish the writes that go on behind answers: verified blobs, location records, the checks of derived
+        documents (before an exit)."""
         await self.blobs.publishing.drain()
         await self.records.settle()
+        await self.documents.drain()
 
 
 def open_uploads(settings: Settings, storage: Storage | None, *, create: bool = True) -> Uploads:
     """The staging directory's sessions, with S3 multipart uploads overlapped when the store supports them."""
     sender = PartSender(storage) if isinstance(storage, MultipartStorage) else None
     limits = StagingLimits(settings.staging_dir, settings.max_blob_bytes, settings.staging_min_free_bytes)
-    return Uploads(settings.staging_dir, sender, create=create, limits=limits)
+    holder = member_id(settings.advertise_url) if settings.peers else ""  # a session's URL names its replica
+    return Uploads(settings.staging_dir, sender, create=create, limits=limits, id_prefix=holder)
 
 
 def build_registry(settings: Settings, storage: Storage | None = None) -> Registry:

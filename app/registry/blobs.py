@@ -74,6 +74,8 @@ class Blobs:
             await self.gc_runs.claim([key])
             pending = self.publishing.size(name, digest)
             size = pending if pending is not None else await self.beliefs.size(name, Kind.BLOB, digest)
+            if size is None and await self.publishing.settle_elsewhere(name, [digest]):
+                size = await self.beliefs.ask(name, Kind.BLOB, digest)
         if size is not None:
             self.gc_runs.promised(key)
         return size

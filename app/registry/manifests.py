@@ -200,6 +200,8 @@ class Manifests:
         if self.sparse:
             return
         checked = await self.beliefs.check(name, blobs, manifest.children)
+        if checked.missing and await self.publishing.settle_elsewhere(name, checked.missing):
+            checked = await self.beliefs.check(name, blobs, manifest.children)
         if checked.missing:
             raise ManifestBlobUnknown(
                 "manifest references content missing from the repository",

@@ -14,6 +14,10 @@ What keeps it correct:
 - Another replica sharing the staging disk, or this one after a restart, finds the verified session by its digest
   and publishes it itself when a manifest (or a HEAD) needs it: every write is create-only, so two publishers of
   one blob write it once.
+- Replicas with their own staging (app/cluster/) cannot see each other's verified sessions. A repository's
+  requests go to its owner, which holds its writes; but when the owners change, the new owner may be asked
+  about a blob its previous owner acknowledged and is still writing. Then, before it answers "absent" (a HEAD,
+  a manifest's reference), it has the other replicas finish their writes of that blob (`others`).
 - Shutdown waits for the writes in flight (`drain`), within the service's grace period.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 from app.registry.uploads import Upload, Uploads
 
@@ -30,11 +35,21 @@ log = logging.getLogger("storj_registry")
 Publish = Callable[[Upload, str, int], Awaitable[None]]
 
 
+class OtherWriters(Protocol):
+    """The other replicas, as far as their writes of verified blobs go (app/cluster/)."""
+
+    async def settle(self, name: str, digests: list[str]) -> bool:
+        """Have them finish their writes of these blobs of `name`; True if one of them was writing one (then the
+        store is worth asking again)."""
+        ...
+
+
 class Publishing:
     def __init__(self, uploads: Uploads, publish: Publish) -> None:
         self.uploads = uploads
         self.publish = publish
         self._writes: dict[tuple[str, str], tuple[asyncio.Task[None], Upload, int]] = {}
+        self.others: OtherWriters | None = None
 
     def start(self, upload: Upload, digest: str, size: int) -> None:
         """Write the verified session to the bucket in the background."""
@@ -76,6 +91,18 @@ class Publishing:
                 self.start(found[0], digest, found[1])  # another replica's, from before a restart, or a retry
                 pending = self._writes[(name, digest)]
             await asyncio.shield(pending[0])
+
+    def wrote(self, name: str, digests: Iterable[str]) -> bool:
+        """Is this process writing, or did it just write (PUBLISHED_TTL_S), any of these blobs of `name`?"""
+        return any(
+            self.size(name, digest) is not None or self.uploads.recently_published(name, digest) is not None
+            for digest in digests
+        )
+
+    async def settle_elsewhere(self, name: str, digests: list[str]) -> bool:
+        """Before "absent" is answered for these blobs: have other replicas finish writing them; True if that
+        may have changed the answer (ask the store again)."""
+        return bool(digests) and self.others is not None and await self.others.settle(name, digests)
 
     async def drain(self) -> None:
         """Wait for every write in flight (shutdown)."""

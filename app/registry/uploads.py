@@ -113,8 +113,10 @@ class Uploads:
         *,
         create: bool = True,
         limits: StagingLimits | None = None,
+        id_prefix: str = "",
     ) -> None:
         self.staging = Staging(staging_dir, create=create)
+        self.id_prefix = id_prefix  # the replica holding a session, first in its id (app/cluster/members.py)
         self.root = self.staging.root
         self.sender = sender
         self.limits = limits
@@ -127,7 +129,7 @@ class Uploads:
     # finding sessions -----------------------------------------------------------------------------------
 
     def create(self, name: str) -> Upload:
-        upload = self.staging.create(uuid.uuid4().hex, name)
+        upload = self.staging.create(self.id_prefix + uuid.uuid4().hex[len(self.id_prefix) :], name)
         self._hashes[upload.id] = RunningHash()
         return upload
 

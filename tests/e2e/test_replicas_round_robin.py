@@ -1,14 +1,19 @@
-"""Two replicas sharing a staging directory, behind a balancer that sends every request to the next replica: eight
-skopeo and eight docker pushes at once all succeed on their first attempt, each tag is in `tags/list` right after
-its push, and the store requests per push stay within 1.1 times those of one replica. On a store with no latency
-(where stale memory shows most) and at 50 ms per request (a WAN away).
+"""Replicas behind a balancer that sends every request to the next replica: eight skopeo and eight docker pushes
+at once all succeed on their first attempt, each tag is in `tags/list` right after its push, each image is whole in
+the bucket (every digest checked), and the store requests per push stay close to those of one replica. On a store
+with no latency (where stale memory shows most) and at 50 ms per request (a WAN away). Two topologies:
 
-docker is the strict client here: after each blob's 201 it HEADs the blob, often through the other replica.
+- three replicas, each with its own staging directory (what the chart gives), through a store with Storj's rules:
+  each repository's requests are forwarded to its owner, each session's to its holder (app/cluster/);
+- two replicas sharing one staging directory (a ReadWriteMany volume): any replica continues any session.
+
+docker is the strict client here: after each blob's 201 it HEADs the blob, often through another replica.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -18,10 +23,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.settings import Settings
 from tests.conftest import proxied_settings
+from tests.e2e.bucket import BucketLayout, sha256
 from tests.e2e.clients import skopeo
+from tests.support.cluster import Cluster
 from tests.support.daemons import Daemon
-from tests.support.fault_proxy import FaultProxy
+from tests.support.fault_proxy import FaultProxy, storj_rules
 from tests.support.images import make_layer, oci_ref, write_image
 from tests.support.registry_server import running_registry
 from tests.support.round_robin import RoundRobinProxy
@@ -30,13 +38,14 @@ from tests.support.seaweed import S3Server
 pytestmark = pytest.mark.e2e
 
 PUSHES = 8
-MAX_REQUEST_RATIO = 1.1  # the issue asks for 1.2; replicas sharing staging take turns at documents (1.03-1.06 seen)
+MAX_REQUEST_RATIO = {"own-staging": 1.2, "shared-staging": 1.1}  # shared: turns at documents (1.03-1.06 seen)
 
 
 @dataclass
 class Target:
     address: str  # host:port clients push to
     proxy: FaultProxy  # in front of the store: counts what the pushes cost
+    bucket: BucketLayout  # the bucket, read directly
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +64,38 @@ def images(tmp_path_factory: pytest.TempPathFactory, dockerd: Daemon) -> list[Pa
 
 
 @pytest.fixture
-def start(s3_server: S3Server, tmp_path: Path) -> Iterator[Callable[[float, int], Target]]:
-    """Start `replicas` replicas (one staging directory) over a fresh bucket, the store `latency` s away."""
+def start(s3_server: S3Server, tmp_path: Path) -> Iterator[Callable[[float, int, str], Target]]:
+    """Start `replicas` replicas of `topology` over a fresh bucket, the store `latency` s away."""
     with ExitStack() as stack:
 
-        def started(latency: float, replicas: int) -> Target:
+        def started(latency: float, replicas: int, topology: str) -> Target:
             proxy = stack.enter_context(FaultProxy(s3_server.endpoint, latency=latency))
-            workdir = tmp_path / f"cluster-{replicas}-{latency}"
-            settings = proxied_settings(
-                s3_server, s3_server.new_bucket("rr"), workdir, proxy, publish_in_background=True, gc_watch_seconds=300
-            )
-            urls = [stack.enter_context(running_registry(settings)) for _ in range(replicas)]
+            if topology == "own-staging":
+                for fault in storj_rules():
+                    proxy.add(fault)
+            workdir = tmp_path / f"{topology}-{replicas}-{latency}"
+            bucket = s3_server.new_bucket("rr")
+
+            def settings_for(index: int, peering: dict[str, object]) -> Settings:
+                return proxied_settings(
+                    s3_server, bucket, workdir / str(index), proxy,
+                    publish_in_background=True, gc_watch_seconds=300, **peering,
+                )  # fmt: skip
+
             if replicas == 1:
-                address = urls[0].removeprefix("http://")
+                urls = [stack.enter_context(running_registry(settings_for(0, {})))]
+            elif topology == "own-staging":
+                cluster = stack.enter_context(Cluster(replicas, settings_for))
+                cluster.start_all()
+                urls = cluster.urls
             else:
+                urls = [stack.enter_context(running_registry(settings_for(0, {}))) for _ in range(replicas)]
+            address = urls[0].removeprefix("http://")
+            if replicas > 1:
                 address = stack.enter_context(RoundRobinProxy(urls)).address
             proxy.quiet()
             proxy.forget_requests()
-            return Target(address, proxy)
+            return Target(address, proxy, BucketLayout(s3_server.client(), bucket))
 
         yield started
 
@@ -124,17 +147,80 @@ def listed_right_after(target: Target, tag: str, problems: list[str]) -> None:
         problems.append(f"{tag} is not in tags/list right after its push: {listed}")
 
 
+def whole_in_the_bucket(target: Target) -> None:
+    """Every tag pushed, read from the bucket: its manifest, config and layers each hash to their digest."""
+    for tag in [f"{client}-{n}" for client in ("skopeo", "docker") for n in range(PUSHES)]:
+        digest = sha256(target.bucket.get(f"v2/rr/app/manifests/{tag}").body)
+        target.bucket.check_pushed("rr/app", tag, digest)
+
+
 @pytest.mark.parametrize("latency", [0.0, 0.05], ids=["no-latency", "50ms"])
-def test_pushes_through_two_replicas_behind_a_round_robin_all_succeed_at_one_replicas_cost(
-    start: Callable[[float, int], Target], images: list[Path], dockerd: Daemon, latency: float
+@pytest.mark.parametrize(("topology", "replicas"), [("own-staging", 3), ("shared-staging", 2)])
+def test_pushes_through_replicas_behind_a_round_robin_all_succeed_at_one_replicas_cost(
+    start: Callable[[float, int, str], Target],
+    images: list[Path],
+    dockerd: Daemon,
+    latency: float,
+    topology: str,
+    replicas: int,
 ) -> None:
-    single = start(latency, 1)
+    single = start(latency, 1, topology)
     assert push_all(single, images, dockerd) == []
     single.proxy.quiet()
     one_replica = len(single.proxy.seen)
 
-    pair = start(latency, 2)
-    assert push_all(pair, images, dockerd) == []
-    pair.proxy.quiet()
-    two_replicas = len(pair.proxy.seen)
-    assert two_replicas <= MAX_REQUEST_RATIO * one_replica, (pair.proxy.operations(), single.proxy.operations())
+    several = start(latency, replicas, topology)
+    assert push_all(several, images, dockerd) == []
+    several.proxy.quiet()
+    whole_in_the_bucket(several)
+    cost = len(several.proxy.seen)
+    assert cost <= MAX_REQUEST_RATIO[topology] * one_replica, (several.proxy.operations(), single.proxy.operations())
+
+
+def test_pushes_all_succeed_while_a_replica_joins_and_another_leaves(
+    s3_server: S3Server, tmp_path: Path, images: list[Path], dockerd: Daemon
+) -> None:
+    """Three replicas of four slots (own staging, Storj's rules, 50 ms away); during the pushes the fourth joins
+    and the first drains and leaves, as in a rolling update: every push still succeeds on its first attempt."""
+    bucket = s3_server.new_bucket("rr")
+    with ExitStack() as stack:
+        proxy = stack.enter_context(FaultProxy(s3_server.endpoint, latency=0.05))
+        for fault in storj_rules():
+            proxy.add(fault)
+
+        def settings_for(index: int, peering: dict[str, object]) -> Settings:
+            return proxied_settings(
+                s3_server, bucket, tmp_path / str(index), proxy,
+                publish_in_background=True, gc_watch_seconds=300, **peering,
+            )  # fmt: skip
+
+        cluster = stack.enter_context(Cluster(4, settings_for))
+        cluster.start_all(3)
+        balancer = stack.enter_context(RoundRobinProxy(cluster.urls))
+        target = Target(balancer.address, proxy, BucketLayout(s3_server.client(), bucket))
+        changes = threading.Thread(target=change_membership, args=(cluster, balancer))
+        changes.start()
+        problems = push_all(target, images, dockerd)
+        changes.join()
+        assert problems == []
+        assert [replica.running for replica in cluster.replicas] == [False, True, True, True]
+        assert {entry.backend for entry in balancer.forwarded[-20:]} == {0, 1, 2}  # the new set took requests
+        whole_in_the_bucket(target)
+
+
+def change_membership(cluster: Cluster, balancer: RoundRobinProxy) -> None:
+    """Once the pushes are under way, the fourth replica joins; a little later the first one leaves."""
+    wait_for_requests(balancer, 30)
+    cluster.start(3)
+    cluster.wait_until_members_agree()
+    balancer.set_backends(cluster.urls)
+    wait_for_requests(balancer, len(balancer.forwarded) + 30)
+    balancer.set_backends(cluster.urls[1:])  # drained: the Service's endpoints drop it first
+    cluster.leave(0)
+
+
+def wait_for_requests(balancer: RoundRobinProxy, count: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(balancer.forwarded) < count:
+        assert time.monotonic() < deadline, f"the pushes sent only {len(balancer.forwarded)} requests"
+        time.sleep(0.01)

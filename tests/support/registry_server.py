@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
+from fastapi import FastAPI
 
 from app.edge import server_options
 from app.main import create_app
@@ -23,11 +24,16 @@ def running_registry(settings: Settings, registry: Registry | None = None) -> It
     The server runs with the options `storj-registry serve` gives uvicorn (HTTPS when the settings name a
     certificate, then the URL is `https://`; no proxy headers believed but those `app.edge` trusts).
     """
-    port = free_port()
+    with serving(create_app(settings, registry), settings) as url:
+        yield url
+
+
+@contextmanager
+def serving(app: FastAPI, settings: Settings, port: int | None = None) -> Iterator[str]:
+    """`running_registry` for an application already created (its state at hand), on `port` or a free one."""
+    port = port or free_port()
     options = server_options(settings)
-    config = uvicorn.Config(
-        create_app(settings, registry), host="127.0.0.1", port=port, log_level="warning", proxy_headers=False, **options
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -63,6 +63,10 @@ class RoundRobinProxy:
         self._thread.join(timeout=5)
         self._loop.close()
 
+    def set_backends(self, backends: list[str]) -> None:
+        """From the next request on, turn over these: what a Service's endpoints do as pods become ready or drain."""
+        self.backends = [_host_port(backend) for backend in backends]
+
     @property
     def address(self) -> str:
         """`127.0.0.1:PORT`, the form image references use."""
