@@ -61,6 +61,7 @@ STALE_SECONDS = 300.0  # an announcement untouched this long belongs to a run th
 PRESENCE_SECONDS = 300.0  # a participant rewrites its presence this often
 PRESENCE_STALE_SECONDS = 3 * PRESENCE_SECONDS + 60  # a presence untouched this long is a participant that died
 PROMISE_SECONDS = 900.0  # how long after a client was told a blob is there it may rely on that
+IDLE_SECONDS = PROMISE_SECONDS  # with no request relying on the store this long (nor a promise), a participant rests
 MAX_PROMISES = 100_000
 FRESH_SECONDS = 1.0  # during a run, the run's state read before a claim is at most this old
 WAIT_POLL_SECONDS = 0.2
@@ -102,6 +103,7 @@ class GcRuns:
         self.watch_seconds = watch_seconds
         self.participate = participate  # write a presence and acknowledge runs (every Registry.running does)
         self.id = participant_id()
+        self.started = time.time()  # in the presence: gc aborts multipart uploads no live participant can hold
         self.run: Run | None = None
         self.ended_at = -math.inf  # when this process saw the last run gone (wall clock)
         self.claimed: set[str] = set()  # keys this process claimed in the current run: safe until it ends
@@ -115,6 +117,8 @@ class GcRuns:
         self._presence_lock = threading.Lock()
         self._left = False
         self._relying: dict[int, float] = {}  # requests relying on the store now -> when they began (monotonic)
+        self._last_active = time.monotonic()  # the last request relying on the store, or promise, ended
+        self.resting = False  # idle: reads no announcement; its presence says so (see `rest`)
         self._next_request = 0
         self._promised: OrderedDict[str, float] = OrderedDict()  # blob keys a client was told are there -> when
         self._acknowledged: set[tuple[str, str]] = set()
@@ -143,6 +147,7 @@ class GcRuns:
             return
         async with self._reading:
             if self.unsure:
+                self.resting = False
                 if self.participate:
                     await self.be_present()
                 await self.refresh()
@@ -179,19 +184,45 @@ class GcRuns:
         relied on the store: `know`), read it again; rewrite the presence every PRESENCE_SECONDS."""
         while True:
             await asyncio.sleep(self.watch_seconds)
-            if self.unsure:
+            if self.unsure and not self.resting:
                 continue
             try:
-                await self.refresh()
+                if self._idle():
+                    await self.rest()
+                elif not self.resting:
+                    await self.refresh()
                 if self.participate and time.monotonic() - self._present_at > PRESENCE_SECONDS:
                     await self.be_present()
             except (StorageFault, ValueError) as exc:  # keep the last state: a store hiccup announces nothing
                 log.debug("could not read the gc announcement: %s", exc)
 
+    def _idle(self) -> bool:
+        """Nothing relies on the store, nor has for IDLE_SECONDS (no promise to a client either), and no run is on."""
+        quiet = time.monotonic() - max(self._last_active, *self._promised.values(), -math.inf) > IDLE_SECONDS
+        return self.participate and not self.resting and quiet and self.run is None and not self._relying
+
+    async def rest(self) -> None:
+        """Stop reading the announcement until a request relies on the store again, which then reads it first
+        (`know`: presence, then announcement, as at start). The presence says "idle": gc counts the participant
+        as ready (it relies on nothing until it has read the announcement) rather than waiting for it. An idle
+        replica costs one presence write every PRESENCE_SECONDS instead of a read every watch interval."""
+        async with self._reading:
+            if not self._idle():
+                return
+            self.unsure = self.resting = True  # before any await: the next reliance reads the announcement
+            await self.be_present()
+
     # being a participant ------------------------------------------------------------------------------------
 
     async def be_present(self) -> None:
-        document = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}).encode()
+        presence = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "at": time.time(),
+            "started": self.started,  # gc aborts multipart uploads begun before every live participant started
+            "idle": self.resting,  # gc need not wait for it: it reads the announcement before relying on anything
+        }
+        document = json.dumps(presence).encode()
         if await run(self._write_presence, document):
             self._present_at = time.monotonic()
 
@@ -228,6 +259,7 @@ class GcRuns:
             yield
         finally:
             del self._relying[number]
+            self._last_active = time.monotonic()
 
     def promised(self, key: str) -> None:
         """A client was told the blob at `key` is there: it may rely on it for PROMISE_SECONDS."""

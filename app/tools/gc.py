@@ -16,6 +16,7 @@ but the store keeps their parts.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -42,6 +43,7 @@ from app.tools.inventory import (
 from app.tools.retention import judge_tags
 
 DEFAULT_GRACE_SECONDS = 24 * 3600
+CLOCK_SKEW_SECONDS = 60.0  # between the store's clock (a multipart upload's start) and a participant's
 
 
 @dataclass(frozen=True)
@@ -175,21 +177,25 @@ class Collector:
             for digest in plan.blobs:
                 self.would_delete(layout.blob(plan.name, digest))
 
-    def finish(self, inventory: Inventory) -> Report:
-        """What is not a repository's: sharing records, interrupted commits, abandoned multipart uploads."""
+    def finish(self, inventory: Inventory, participants_since: float | None = None) -> Report:
+        """What is not a repository's: sharing records, interrupted commits, abandoned multipart uploads (older
+        than the grace, or begun before every live participant started: `participants_since`)."""
         self.forget_blob_records(inventory)
         for upload_id in self.old_enough(sorted(inventory.staged_uploads), layout.staged_upload):
             key = layout.staged_upload(upload_id)
             self.remove(key, partial(self.storage.delete, key))
         if isinstance(self.storage, MultipartStorage):
-            self.abort_abandoned_multipart(self.storage)
+            self.abort_abandoned_multipart(self.storage, participants_since)
         return self.report
 
-    def abort_abandoned_multipart(self, storage: MultipartStorage) -> None:
-        """Abort multipart uploads older than the grace; a live session's upload is younger than the purge age."""
+    def abort_abandoned_multipart(self, storage: MultipartStorage, participants_since: float | None = None) -> None:
+        """Abort multipart uploads older than the grace (a live session's upload is younger than the purge age),
+        and those begun before every live participant started: their writer died (a replica killed mid-push).
+        A replica sharing staging with the dead one may resume its session: it then sends the file whole."""
+        orphaned_before = -math.inf if participants_since is None else participants_since - CLOCK_SKEW_SECONDS
         for key, upload_id, started in sorted(storage.unfinished_multipart()):
             age = self.started - started
-            if age < self.grace_seconds:
+            if age < self.grace_seconds and started >= orphaned_before:
                 self.say(f"kept-recent multipart {key} {upload_id} started {age:.0f}s ago")
                 continue
             self.report.garbage += 1
@@ -360,7 +366,7 @@ def gc(
         claimed = run.condemn([key for plan in plans for key in plan.candidates()])
         for plan in plans:
             collector.execute(plan, claimed)
-        report = collector.finish(inventory)
+        report = collector.finish(inventory, run.oldest_participant_start())
     return summarize(report, inventory, progress, delete)
 
 

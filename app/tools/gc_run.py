@@ -57,6 +57,7 @@ class GcRun:
         self.progress = progress
         self.id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
         self.phase = PHASE_ANNOUNCED
+        self.silent: set[str] = set()  # participants that never answered a bounded wait: presumed dead
 
     def announce(self) -> None:
         """Announce this run, create-only: another live run's announcement stops it; a dead one's is taken over."""
@@ -107,6 +108,8 @@ class GcRun:
             names = ", ".join(sorted(waiting))
             if time.monotonic() >= deadline:
                 self.progress.say(f"going on after {bound:.0f}s without the acknowledgement of: {names}")
+                if bound > 0:
+                    self.silent |= waiting  # a live participant reads the announcement every few seconds
                 return
             if names != said:
                 self.progress.say(f"waiting for {len(waiting)} participant(s) to acknowledge the run: {names}")
@@ -114,15 +117,30 @@ class GcRun:
             time.sleep(ACK_POLL_SECONDS)
 
     def unready(self, phase: str) -> set[str]:
-        """Participants (replicas, copy, sync) alive by their presence that have not acknowledged `phase` yet."""
+        """Participants (replicas, copy, sync) alive by their presence that have not acknowledged `phase` yet; an
+        idle one is ready (it reads the announcement, after rewriting its presence, before relying on anything)."""
         prefix = layout.gc_acks(self.id, phase)
         acked = {key.removeprefix(prefix) for key in self.storage.list(prefix)}
-        alive = set()
+        busy = {key for key, presence in self.presences().items() if presence.get("idle") is not True}
+        return busy - acked
+
+    def presences(self) -> dict[str, dict[str, object]]:
+        """The participants whose presence is fresh, with what it says."""
+        found = {}
         for key in self.storage.list(layout.GC_PARTICIPANTS):
-            info = self.storage.stat(key)
-            if info is not None and time.time() - (info.last_modified or 0) < PRESENCE_STALE_SECONDS:
-                alive.add(key.removeprefix(layout.GC_PARTICIPANTS))
-        return alive - acked
+            read = self.storage.read_small(key)
+            if read is not None and time.time() - (read[1].last_modified or 0) < PRESENCE_STALE_SECONDS:
+                found[key.removeprefix(layout.GC_PARTICIPANTS)] = _parsed(read[0])
+        return found
+
+    def oldest_participant_start(self) -> float | None:
+        """When the longest-running live participant started (wall clock): a multipart upload begun before it
+        belongs to none alive (a replica killed mid-push). Alive: a fresh presence, unless it stayed silent for
+        the whole of a bounded wait (`silent`). None if one cannot tell."""
+        starts = [_number(presence, "started") for key, presence in self.presences().items() if key not in self.silent]
+        if None in starts:  # a version that does not say: cannot tell
+            return None
+        return min((start for start in starts if start is not None), default=time.time())
 
     def write_phase(self, phase: str, *, create: bool = False) -> None:
         """Write (or rewrite, as the heartbeat does) this run's announcement in `phase`."""
@@ -168,6 +186,19 @@ class GcRun:
         for key in list(self.storage.list(layout.GC_STATE)):
             if key != layout.GC_RUN and not key.startswith(layout.GC_PARTICIPANTS):
                 self.storage.delete(key)
+
+
+def _parsed(document: bytes) -> dict[str, object]:
+    try:
+        parsed = json.loads(document)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _number(presence: dict[str, object], field: str) -> float | None:
+    value = presence.get(field)
+    return float(value) if isinstance(value, int | float) else None
 
 
 def abandon(storage: Storage, min_silence: float = ABANDON_AFTER_SECONDS) -> str:

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from app import layout
+from app.registry import build_registry, gc_runs
 from app.registry.gc_runs import PHASE_MARKED
 from app.settings import Settings
 from app.storage import Storage, open_storage
@@ -134,3 +135,46 @@ def test_gc_with_its_defaults_and_no_replica_running_takes_seconds(tmp_path: Pat
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 20, done.stderr
     assert f"deleted {layout.blob(NAME, digest(CONFIG))}" in done.stdout
+
+
+def test_an_idle_replica_reads_no_announcement_and_gc_need_not_wait_for_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle replica stops reading `v2/_gc/run` (its presence, rewritten every 5 minutes, says "idle"); a gc run
+    counts it as ready at once; its next request writes its presence, then reads the announcement, as at start."""
+    monkeypatch.setattr(gc_runs, "IDLE_SECONDS", 0.3)
+    calls: list[tuple[str, str]] = []
+    storage_class = type(open_storage(settings))
+    for method in ("read_small", "put_bytes"):
+        original = getattr(storage_class, method)
+
+        def recording(self: Storage, key: str, *args: object, _original=original, _method=method, **kwargs: object):
+            calls.append((_method, key))
+            return _original(self, key, *args, **kwargs)
+
+        monkeypatch.setattr(storage_class, method, recording)
+    settings = settings.model_copy(update={"gc_watch_seconds": 0.05})
+    registry = build_registry(settings)
+    with running_registry(settings, registry) as url, httpx.Client(base_url=url) as http:
+        push_blob(http, NAME, CONFIG)
+        deadline = time.monotonic() + 10
+        while not registry.gc_runs.resting:
+            assert time.monotonic() < deadline, "the replica never rested"
+            time.sleep(0.05)
+        resting_since = len(calls)
+        time.sleep(1)  # twenty watch intervals
+        assert ("read_small", layout.GC_RUN) not in calls[resting_since:]
+        presence = json.loads(open_storage(settings).read_small(layout.gc_participant(registry.gc_runs.id))[0])
+        assert presence["idle"] is True
+
+        out = io.StringIO()
+        progress = Progress("gc", stream=out)
+        gc(open_storage(settings), delete=True, timing=RunTiming(60, 60), out=io.StringIO(), progress=progress)
+        assert "waiting for" not in out.getvalue() and "without the acknowledgement" not in out.getvalue()
+
+        woken_at = len(calls)
+        assert http.head(f"/v2/{NAME}/blobs/{digest(CONFIG)}").status_code == 200
+        woke = calls[woken_at:]
+        presence_write = woke.index(("put_bytes", layout.gc_participant(registry.gc_runs.id)))
+        assert woke.index(("read_small", layout.GC_RUN)) > presence_write
+        assert not registry.gc_runs.resting
