@@ -118,6 +118,27 @@ def capability_probe(token: str) -> str:
     return f"v2/_probe/if-match-{token}"
 
 
+VERSIONS = "v2/_versions/"
+VERSION_DIGITS = 12
+
+
+def document_versions(document: str) -> str:
+    """Prefix of the numbered versions of a derived document (`tags/list`, `_catalog`), each written create-only:
+    where a store does not honour If-Match, the chain of versions says which write came after which (see
+    app/registry/documents.py). Not a repository: `_versions` cannot be a repository name."""
+    return f"{VERSIONS}{document.removeprefix('v2/')}/"
+
+
+def document_version(document: str, number: int) -> str:
+    return f"{document_versions(document)}{number:0{VERSION_DIGITS}d}"
+
+
+def version_number(document: str, key: str) -> int | None:
+    """The number of a version key of `document`, or None for another key."""
+    number = key.removeprefix(document_versions(document))
+    return int(number) if len(number) == VERSION_DIGITS and number.isdigit() else None
+
+
 GC_STATE = "v2/_gc/"
 GC_RUN = f"{GC_STATE}run"  # the announcement of a `gc --delete` run
 

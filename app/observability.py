@@ -279,7 +279,7 @@ def instrument_storage(storage: Storage) -> None:
 
 
 FILESYSTEM_CALLS = ("stat", "read", "read_small", "put_bytes", "put_file", "copy", "delete", "list")
-FILESYSTEM_CALLS += ("list_children", "list_children_sized")
+FILESYSTEM_CALLS += ("list_children", "list_children_sized", "list_children_etags")
 
 
 def _counted(operation: str, call: Callable[..., Any]) -> Callable[..., Any]:

@@ -19,8 +19,9 @@ shared staging disk compares) may answer a question at time `now` only if `t` is
 | is there a location record for the blob? (a hint) | RECORDS_TTL_S, from a listing | |
 | may a HEAD miss share the blob back? | until a write of it here | it was not deleted here |
 
-The horizon is when the last `gc --delete` run was seen to end (`GcRuns.horizon`); while a run is announced it
-is +inf and nothing counts: the store is asked.
+The horizon is when the last `gc --delete` run was seen to end (`GcRuns.horizon`), or when the replicas owning
+repositories last changed, whichever is later; while a run is announced it is +inf and nothing counts: the store
+is asked.
 
 **What ends a belief** (and where that happens):
 - a DELETE through this process: `deleted` (the object, its staging evidence, a tombstone against sharing);
@@ -35,6 +36,9 @@ is +inf and nothing counts: the store is asked.
   can make that "absent" wrong for up to LISTING_TTL_S: the client uploads the blob again and the create-only
   write keeps the one already there (nothing a client relies on is answered wrong: the blob it uploaded itself
   is known);
+- a change among the replicas that own repositories (app/cluster/): a repository this process owns now may have
+  been written by its previous owner, which this process never heard of; `writers_changed` moves the horizon
+  past everything learnt before (the next questions list again);
 - `fsck --repair`: what it adds (derived documents, digest keys) makes no belief false; what it removes (a
   corrupt blob, a stale catalog entry) it removes during an announced run, which moves the horizon.
 
@@ -60,6 +64,7 @@ from enum import Enum
 from anyio.to_thread import run_sync as run
 
 from app import layout
+from app.registry import versions
 from app.registry.formats import Descriptor
 from app.registry.staging import Document, Staging
 from app.storage import Storage
@@ -125,7 +130,8 @@ class Beliefs:
         self.storage = storage
         self.staging = staging
         self.deletes_enabled = deletes_enabled
-        self.horizon = horizon  # nothing learnt before it counts (app/registry/gc_runs.py)
+        self.gc_horizon = horizon  # nothing learnt before it counts (app/registry/gc_runs.py)
+        self._writers_changed_at = -math.inf
         self.clock = clock
         self._repositories: OrderedDict[str, _Repository] = OrderedDict()
         self._deleted: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -136,6 +142,13 @@ class Beliefs:
         # Evidence other processes left on the staging disk counts only from this process's start on: a gc run
         # (or an fsck repair) before it may have removed what that evidence tells of, and it never saw the run.
         self.started = clock()
+
+    def horizon(self) -> float:
+        return max(self.gc_horizon(), self._writers_changed_at)
+
+    def writers_changed(self) -> None:
+        """Other processes may have written what this one believed absent, or may not know what it wrote."""
+        self._writers_changed_at = self.clock()
 
     def fresh(self, at: float, window: float) -> bool:
         """The one rule: learnt after the horizon, and less than `window` seconds ago."""
@@ -297,8 +310,10 @@ class Beliefs:
             return None
         return document
 
-    def learn_tags_document(self, name: str, tags: Iterable[str], etag: str | None, at: float | None = None) -> None:
-        self._repository(name).tags = Document(frozenset(tags), etag, self.clock() if at is None else at)
+    def learn_tags_document(self, name: str, document: Document) -> None:
+        repository = self._repository(name)
+        if not _older(document, repository.tags):
+            repository.tags = document
 
     def adopt_tags_document(self, name: str, shared: Document | None) -> None:
         """A version of `tags/list` a process sharing the staging disk wrote counts as this process's own, when it
@@ -320,8 +335,9 @@ class Beliefs:
             return None
         return catalog
 
-    def learn_catalog(self, names: Iterable[str], etag: str | None, at: float | None = None) -> None:
-        self.catalog = Document(frozenset(names), etag, self.clock() if at is None else at)
+    def learn_catalog(self, document: Document) -> None:
+        if not _older(document, self.catalog):
+            self.catalog = document
 
     async def _read_tags(self, name: str, repository: _Repository) -> None:
         """Read `tags/list` unless it is known, or was read since this was asked (one read for concurrent HEADs)."""
@@ -330,9 +346,15 @@ class Beliefs:
             if self.tags_document(name) is not None or repository.tags_read_at >= requested:
                 return
             started = self.clock()
-            found = await run(self.storage.read_small, layout.tags_list(name))
-            tags = tags_in(found[0]) if found else []
-            self.learn_tags_document(name, tags, found[1].etag if found else None, started)
+            key = layout.tags_list(name)
+            conditional = await run(getattr, self.storage, "conditional_overwrite")
+            listing = None if conditional else asyncio.ensure_future(run(versions.listed, self.storage, key))
+            found = await run(self.storage.read_small, key)
+            tags = frozenset(tags_in(found[0]) if found else [])
+            if listing is None:  # its version: the ETag with If-Match, else the number of the version it holds
+                self.learn_tags_document(name, Document(tags, found[1].etag if found else None, started))
+            else:
+                self.learn_tags_document(name, Document(tags, None, started, versions.holding(await listing, found)))
             repository.tags_read_at = started
 
     # location records (hints for sharing a blob on a HEAD miss) -------------------------------------------------
@@ -357,6 +379,10 @@ class Beliefs:
         self._records_written.discard(digest)
 
     # asking the store ------------------------------------------------------------------------------------------
+
+    async def ask(self, name: str, kind: Kind, reference: str) -> int | None:
+        """The store's answer now, whatever memory says (it is learnt)."""
+        return await self._head(name, kind, reference)
 
     async def _head(self, name: str, kind: Kind, reference: str) -> int | None:
         key = layout.blob(name, reference) if kind is Kind.BLOB else layout.manifest(name, reference)
@@ -420,3 +446,8 @@ def tags_in(document: bytes) -> list[str]:
 
 
 _UNKNOWN = object()
+
+
+def _older(document: Document, known: Document | None) -> bool:
+    """Is `document` an older version of the chain than the one known (learnt after it, out of order)?"""
+    return known is not None and None not in (document.version, known.version) and document.version < known.version  # type: ignore[operator]

@@ -94,8 +94,9 @@ class Document:
     s). What a process remembers of one (app/registry/beliefs.py), and what it leaves here for the next."""
 
     entries: frozenset[str]
-    etag: str | None
+    etag: str | None  # with If-Match: the version's ETag
     at: float
+    version: int | None = None  # without: its number in the chain (app/registry/documents.py)
 
 
 class Staging:
@@ -258,10 +259,12 @@ class Staging:
             return None
         if found.get("key") != key or not isinstance(entries, list) or not isinstance(etag, str | None):  # type: ignore[union-attr]
             return None
-        return Document(frozenset(map(str, entries)), etag, at)
+        version = found.get("version")  # type: ignore[union-attr]
+        return Document(frozenset(map(str, entries)), etag, at, version if isinstance(version, int) else None)
 
     def share_document(self, key: str, document: Document) -> None:
         record = {"key": key, "entries": sorted(document.entries), "etag": document.etag, "at": document.at}
+        record["version"] = document.version
         _write_in_fresh_folder(self._document(key), json.dumps(record))
 
     @contextlib.asynccontextmanager

@@ -70,7 +70,8 @@ def check_key(key: str, *, prefix: bool = False) -> str:
 class Storage(Protocol):
     # Does `put_bytes(..., if_match=etag)` refuse to replace a version other than `etag`? True for the filesystem
     # and memory stores; for S3 it depends on the server (SeaweedFS does, Storj does not promise it), so the S3
-    # backend finds out once (`probe_conditional_overwrite`). Callers keep a fallback that is correct without it.
+    # backend finds out once, on first access (`probe_conditional_overwrite`). Every writer of a derived document
+    # must agree on it: the documents are written one way with it and another without (app/registry/documents.py).
     conditional_overwrite: bool
 
     def stat(self, key: str) -> ObjectInfo | None:
@@ -126,6 +127,9 @@ class Storage(Protocol):
 
     def list_children_sized(self, prefix: str) -> Iterator[tuple[str, int]]:
         """Like `list_children`, with each object's size: one listing answers many existence questions."""
+
+    def list_children_etags(self, prefix: str) -> Iterator[tuple[str, str | None]]:
+        """Like `list_children`, with each object's etag (as `stat` gives it): which of them holds given bytes."""
 
     def check(self) -> None:
         """Raise StorageFault when the store cannot be reached (readiness probe)."""

@@ -213,6 +213,9 @@ class FilesystemStorage:
     def list_children_sized(self, prefix: str) -> Iterator[tuple[str, int]]:
         return ((entry.name, entry.stat().st_size) for entry in self._files_in(prefix))
 
+    def list_children_etags(self, prefix: str) -> Iterator[tuple[str, str | None]]:
+        return ((entry.name, _etag(entry.stat())) for entry in self._files_in(prefix))
+
     def _files_in(self, prefix: str) -> Iterator[os.DirEntry[str]]:
         directory = self.root / _object_key(prefix, prefix=True)
         if not prefix.endswith("/") or not directory.is_dir():

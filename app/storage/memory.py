@@ -102,13 +102,19 @@ class MemoryStorage:
         return (name for name, _ in self.list_children_sized(prefix))
 
     def list_children_sized(self, prefix: str) -> Iterator[tuple[str, int]]:
+        return ((name, info.size) for name, info in self._children(prefix))
+
+    def list_children_etags(self, prefix: str) -> Iterator[tuple[str, str | None]]:
+        return ((name, info.etag) for name, info in self._children(prefix))
+
+    def _children(self, prefix: str) -> list[tuple[str, ObjectInfo]]:
         self.calls["list_children"] += 1
         children = []
         for key, found in list(self._objects.items()):
             rest = key[len(prefix) :]
             if key.startswith(prefix) and rest and "/" not in rest:
-                children.append((rest, found.info.size))
-        return iter(children)
+                children.append((rest, found.info))
+        return children
 
     def check(self) -> None:
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -102,10 +103,10 @@ def _client(settings: Settings, config: Config, session: boto3.session.Session) 
 
 
 class S3Storage:
-    # Until `probe_conditional_overwrite` says otherwise: the S3 API does not promise If-Match on PutObject.
-    conditional_overwrite = False
-
     def __init__(self, settings: Settings) -> None:
+        # Whether the server refuses a stale If-Match write: learnt once, on first need (`conditional_overwrite`).
+        self._conditional: bool | None = None
+        self._probing = threading.Lock()
         self.bucket = settings.s3_bucket
         self.prefix = f"{settings.s3_prefix}/" if settings.s3_prefix else ""
         # One session for both clients: it loads the S3 service model once (a session each cost 14 MiB more).
@@ -248,20 +249,33 @@ class S3Storage:
                 self.abort_multipart(key, upload_id)
             raise
 
+    @property
+    def conditional_overwrite(self) -> bool:
+        """Does the server refuse a stale If-Match write? Probed on first need (the registry does at start), once:
+        every writer of a derived document must agree on how it is written (app/registry/documents.py). A store
+        that cannot be reached raises StorageFault rather than leave a guess."""
+        if self._conditional is None:
+            with self._probing:
+                if self._conditional is None:
+                    self.probe_conditional_overwrite()
+        return bool(self._conditional)
+
     def probe_conditional_overwrite(self) -> bool:
-        """Does the server refuse a PutObject whose If-Match names no version of the key? Learn it once, at start.
+        """Does the server refuse a PutObject whose If-Match names no version of the key?
 
         SeaweedFS and AWS refuse it (412 or 404) and write nothing; a server that ignores the header writes the
         probe object (deleted again); one that does not implement it answers an error. Only a refusal counts.
         """
         key = layout.capability_probe(secrets.token_hex(8))
         try:
-            self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=b"", IfMatch=PROBE_ETAG)
-        except (KeyError, PreconditionFailed):
-            self.conditional_overwrite = True
-            return True
-        except StorageFault:
-            return False
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=b"", IfMatch=PROBE_ETAG)
+        except ClientError as exc:  # the server's answer: a refusal, or not implemented
+            refused = _is_missing(exc) or _error_code(exc) in _PRECONDITION_FAILED
+            self._conditional = refused
+            return refused
+        except BotoCoreError as exc:  # no answer: nothing learnt
+            raise StorageFault(f"put_object: {exc}") from exc
+        self._conditional = False
         self.delete(key)
         return False
 
@@ -343,6 +357,14 @@ class S3Storage:
                 name = item["Key"][len(full) :]
                 if name and not name.endswith("/"):
                     yield name, item["Size"]
+
+    def list_children_etags(self, prefix: str) -> Iterator[tuple[str, str | None]]:
+        full = self._key(prefix)
+        for page in self._pages(full, delimiter="/"):
+            for item in page.get("Contents", []):
+                name = item["Key"][len(full) :]
+                if name and not name.endswith("/"):
+                    yield name, item.get("ETag")
 
     def check(self) -> None:
         try:

@@ -151,6 +151,9 @@ def test_reads_ranges_lists_and_deletes(store: Storage) -> None:
     assert b"".join(store.read("v2/a/blobs/x", 10)) == blob[10:]
     assert sorted(store.list("v2/a/")) == ["v2/a/blobs/x", "v2/a/blobs/y", "v2/a/manifests/t"]
     assert sorted(store.list_children_sized("v2/a/blobs/")) == [("x", len(blob)), ("y", 1)]
+    etags = dict(store.list_children_etags("v2/a/blobs/"))
+    assert sorted(etags) == ["x", "y"]
+    assert etags["x"] == store.stat("v2/a/blobs/x").etag and etags["x"] != etags["y"]  # type: ignore[union-attr]
     assert list(store.list_children("v2/a/")) == []
     store.delete("v2/a/blobs/x")
     store.delete("v2/a/blobs/x")  # absent: not an error

@@ -70,3 +70,14 @@ def push_image(client: httpx.Client, name: str, tag: str, seed: int = 0, **extra
     response = push_manifest(client, name, tag, manifest, OCI_MANIFEST)
     assert response.status_code == 201, response.text
     return PushedImage(manifest, digest(manifest), config, layers)
+
+
+def monolithic_push(client: httpx.Client, name: str, tag: str, blobs: list[bytes]) -> None:
+    """oras and containerd: HEAD, POST, one PUT with the whole body; then the manifest."""
+    for blob in blobs:
+        assert client.head(f"/v2/{name}/blobs/{digest(blob)}").status_code == 404
+        location = client.post(f"/v2/{name}/blobs/uploads/").headers["Location"]
+        assert client.put(location, params={"digest": digest(blob)}, content=blob).status_code == 201
+    manifest = image_manifest(blobs[0], blobs[1:])
+    pushed = client.put(f"/v2/{name}/manifests/{tag}", content=manifest, headers={"Content-Type": OCI_MANIFEST})
+    assert pushed.status_code == 201

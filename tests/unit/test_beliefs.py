@@ -117,12 +117,12 @@ def test_a_declared_size_is_compared_with_the_stored_one() -> None:
 def test_a_tags_document_counts_for_its_window_and_never_with_deletes() -> None:
     storage, clock, horizon = MemoryStorage(), Clock(), Horizon()
     memory = beliefs(storage, clock, horizon)
-    memory.learn_tags_document(NAME, ["v1"], '"1"')
+    memory.learn_tags_document(NAME, Document(frozenset(["v1"]), '"1"', clock.now))
     assert memory.tags_document(NAME) is not None
     horizon.value = clock.now + 1  # retention may have deleted `v1` since
     assert memory.tags_document(NAME) is None
     deleting = beliefs(storage, clock, deletes_enabled=True)
-    deleting.learn_tags_document(NAME, ["v1"], '"1"')
+    deleting.learn_tags_document(NAME, Document(frozenset(["v1"]), '"1"', clock.now))
     assert deleting.tags_document(NAME) is None
 
 
@@ -143,7 +143,9 @@ def test_a_document_another_process_sharing_staging_wrote_counts_only_when_newer
     adopted = memory.tags_document(NAME)
     assert adopted is not None and adopted.entries == {"v1", "v2"} and adopted.etag == '"2"'
 
-    memory.learn_tags_document(NAME, ["v1", "v2", "v3"], '"3"', clock.now + 1)  # this process wrote since
+    memory.learn_tags_document(
+        NAME, Document(frozenset(["v1", "v2", "v3"]), '"3"', clock.now + 1)
+    )  # this process wrote since
     memory.adopt_tags_document(NAME, staging.shared_document(key))
     assert memory.tags_document(NAME).etag == '"3"'  # type: ignore[union-attr]
 
