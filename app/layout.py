@@ -7,6 +7,8 @@ tags and digests (see `app.registry.references`); this module never sees raw cli
 
 from __future__ import annotations
 
+import hashlib
+
 MANIFEST_CACHE_IMMUTABLE = "public, max-age=31536000, immutable"
 MUTABLE_CACHE = "no-cache"
 
@@ -137,6 +139,19 @@ def version_number(document: str, key: str) -> int | None:
     """The number of a version key of `document`, or None for another key."""
     number = key.removeprefix(document_versions(document))
     return int(number) if len(number) == VERSION_DIGITS and number.isdigit() else None
+
+
+MULTIPART_RECORDS = "v2/_multipart/"
+
+
+def multipart_record(writer: str, key: str) -> str:
+    """Says that `writer` (a gc participant) is sending a multipart upload to `key`, from before the upload begins
+    until it completes or aborts it: gc aborts at once the uploads of a writer that died (app/tools/gc.py)."""
+    return f"{MULTIPART_RECORDS}{writer}/{multipart_record_name(key)}"
+
+
+def multipart_record_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 GC_STATE = "v2/_gc/"

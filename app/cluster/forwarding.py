@@ -9,8 +9,9 @@ replica is draining (then it goes once more, to the owner without it): two repli
 moment never bounce a request between them.
 
 When the owner cannot be reached before any of the body was sent, it is left out (Members.unreachable) and the
-request goes to the next owner, which may be this replica. Once the body has started, a lost peer is a 503 the
-client retries.
+request goes to the next owner, which may be this replica. Once the body has started, a lost peer is a 404
+BLOB_UPLOAD_UNKNOWN for a session's request (its holder is gone: the client starts that layer again) and a 503
+for any other: both codes clients retry by themselves.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.cluster.members import HOPS_HEADER, PEER_HEADER, READY_PATH, SETTLE_PATH, Members
-from app.errors import StorageUnavailable
+from app.errors import BlobUploadUnknown, RegistryError, StorageUnavailable
 from app.metrics import FORWARDED
 from app.registry.references import DIGEST_RE, is_name
 
@@ -89,7 +90,7 @@ class Forwarding:
                 break
             except httpx.ConnectError:
                 if body.started:
-                    await self._lost(peer, send, body)
+                    await self._lost(peer, scope, send, body)
                     return
                 FORWARDED.labels(outcome="unreachable").inc()
                 self.members.unreachable(peer)  # so the next owner is another replica, or this one
@@ -99,7 +100,7 @@ class Forwarding:
                     return
                 peer = rerouted
             except (httpx.HTTPError, _ClientGone):
-                await self._lost(peer, send, body)
+                await self._lost(peer, scope, send, body)
                 return
         FORWARDED.labels(outcome="forwarded").inc()
         try:
@@ -124,14 +125,21 @@ class Forwarding:
     def _secret(self) -> bytes:
         return self.members.secret.encode()
 
-    async def _lost(self, peer: str, send: Send, body: _Body) -> None:
+    async def _lost(self, peer: str, scope: Scope, send: Send, body: _Body) -> None:
+        """The peer went away with the request: a session's is unknown now (its holder is gone: the client starts
+        the layer again, as every client does on that code), anything else is a 503 to retry."""
         FORWARDED.labels(outcome="lost").inc()
         if body.gone:
             return
         log.warning("a request forwarded to %s was lost with the connection", peer, exc_info=True)
-        error = StorageUnavailable("the replica this request belongs to went away: retry it")
-        body = json.dumps(error.body()).encode()
-        await _answer(send, 503, body, [(b"content-type", b"application/json"), (b"retry-after", b"1")])
+        await body.drain()
+        if SESSION_PATH.fullmatch(scope["path"]):
+            error: RegistryError = BlobUploadUnknown("the replica holding this upload went away: start it again")
+        else:
+            error = StorageUnavailable("the replica this request belongs to went away: retry it")
+        document = json.dumps(error.body()).encode()
+        headers = [(b"content-type", b"application/json")] + ([(b"retry-after", b"1")] if error.status == 503 else [])
+        await _answer(send, error.status, document, headers)
 
 
 class _ClientGone(Exception):
@@ -144,20 +152,27 @@ class _Body:
     def __init__(self, receive: Receive) -> None:
         self.receive = receive
         self.started = False
+        self.complete = False
         self.gone = False
+
+    async def drain(self) -> None:
+        """Read and drop what the client still sends: a client still sending reads an early answer as a broken
+        connection, and some give up rather than retry."""
+        with contextlib.suppress(_ClientGone):
+            async for _ in self.chunks():
+                pass
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
-        while True:
+        while not self.complete:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 self.gone = True
                 raise _ClientGone
             chunk = message.get("body", b"")
+            self.complete = not message.get("more_body", False)
             if chunk:
                 yield chunk
-            if not message.get("more_body", False):
-                return
 
 
 async def _settle(scope: Scope, receive: Receive) -> int:

@@ -124,9 +124,10 @@ class Registry:
         await self.documents.drain()
 
 
-def open_uploads(settings: Settings, storage: Storage | None, *, create: bool = True) -> Uploads:
-    """The staging directory's sessions, with S3 multipart uploads overlapped when the store supports them."""
-    sender = PartSender(storage) if isinstance(storage, MultipartStorage) else None
+def open_uploads(settings: Settings, storage: Storage | None, *, create: bool = True, writer: str = "") -> Uploads:
+    """The staging directory's sessions, with S3 multipart uploads overlapped when the store supports them;
+    `writer`: the gc participant recorded as beginning them."""
+    sender = PartSender(storage, writer) if isinstance(storage, MultipartStorage) else None
     limits = StagingLimits(settings.staging_dir, settings.max_blob_bytes, settings.staging_min_free_bytes)
     holder = member_id(settings.advertise_url) if settings.peers else ""  # a session's URL names its replica
     return Uploads(settings.staging_dir, sender, create=create, limits=limits, id_prefix=holder)
@@ -135,8 +136,8 @@ def open_uploads(settings: Settings, storage: Storage | None, *, create: bool = 
 def build_registry(settings: Settings, storage: Storage | None = None) -> Registry:
     """Create every long-lived part once, at start-up (nothing is read or written until `running`)."""
     storage = storage or open_storage(settings)
-    uploads = open_uploads(settings, storage)
     gc_runs = GcRuns(storage, settings.gc_watch_seconds)
+    uploads = open_uploads(settings, storage, writer=gc_runs.id)
     beliefs = Beliefs(storage, uploads.staging, deletes_enabled=settings.delete_enabled, horizon=gc_runs.horizon)
     documents = Documents(storage, beliefs, uploads.staging)
     records = LocationRecords(storage, beliefs, settings.share_min_bytes)

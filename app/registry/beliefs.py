@@ -46,8 +46,10 @@ Not beliefs: `v2/index.html` and the catalog page are written once per process (
 next-digest guess of an upload (`Uploads.wanted`) costs speed only when wrong, and the gc claims a replica made
 live as long as their run (app/registry/gc_runs.py).
 
-A repository whose blob listing takes more than MAX_LISTING_PAGES pages is not listed again: its questions go to
-the store one HEAD each. At most MAX_REPOSITORIES repositories are remembered, the least recently used forgotten.
+A repository whose blob listing fills a page (WARM_LISTING_PAGES) is not listed again: its questions go to the
+store one HEAD each, so a push costs the same in a repository of any size (a HEAD per blob it asks about, rather
+than pages growing with the repository). At most MAX_REPOSITORIES repositories are remembered, the least recently
+used forgotten.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ WRITE_TRUST_S = 600.0
 EVIDENCE_TRUST_S = 10.0
 DOCUMENT_TRUST_S = 600.0
 RECORDS_TTL_S = 60.0
-MAX_LISTING_PAGES = 4
+MAX_LISTING_PAGES = 4  # to check a manifest's many references at once
+WARM_LISTING_PAGES = 1  # at a repository's first question: past one page, questions go to the store one by one
 LISTING_PAGE = 1000
 MAX_REPOSITORIES = 128
 MAX_TOMBSTONES = 4096
@@ -403,7 +406,7 @@ class Beliefs:
                 return  # listed meanwhile, or fresh enough
             started = self.clock()
             prefix = layout.blobs_dir(name) if kind is Kind.BLOB else layout.manifests_dir(name)
-            listed = await run(self._list_at_most, prefix)
+            listed = await run(self._list_at_most, prefix, MAX_LISTING_PAGES if force else WARM_LISTING_PAGES)
             if listed is None:
                 objects.too_big = True
                 return
@@ -411,12 +414,13 @@ class Beliefs:
             objects.seen = {ref: _Seen(size, started) for ref, size in listed} | written_since
             objects.listed_at = started
 
-    def _list_at_most(self, prefix: str) -> list[tuple[str, int]] | None:
-        """The children of `prefix` with their sizes, or None past MAX_LISTING_PAGES pages."""
+    def _list_at_most(self, prefix: str, pages: int) -> list[tuple[str, int]] | None:
+        """The children of `prefix` with their sizes, or None when they fill `pages` pages (the next page is not
+        asked for: a repository of exactly that many is taken as one of more)."""
         listed = []
         for child in self.storage.list_children_sized(prefix):
             listed.append(child)
-            if len(listed) > MAX_LISTING_PAGES * LISTING_PAGE:
+            if len(listed) >= pages * LISTING_PAGE:
                 return None
         return listed
 

@@ -72,8 +72,9 @@ class _State:
 class PartSender:
     """The long-lived half: the store, and one thread pool shared by every session's parts."""
 
-    def __init__(self, storage: MultipartStorage) -> None:
+    def __init__(self, storage: MultipartStorage, writer: str = "") -> None:
         self.storage = storage
+        self.writer = writer  # the gc participant beginning the uploads: recorded with each (layout.multipart_record)
         self.part_size = storage.part_size
         self.per_upload = storage.max_concurrency
         self.pool = ThreadPoolExecutor(max_workers=storage.max_concurrency * 4, thread_name_prefix="parts")
@@ -86,6 +87,17 @@ class PartSender:
         state = _State.load(directory / STATE_FILE)
         if state is not None:
             self.storage.abort_multipart(state.key, state.upload_id)
+            self.unrecord(state.key)
+
+    def record(self, key: str) -> None:
+        """Before a multipart upload to `key` begins: who is sending it (a process may die before any answer)."""
+        if self.writer:
+            self.storage.put_bytes(layout.multipart_record(self.writer, key), b"", layout.TEXT)
+
+    def unrecord(self, key: str) -> None:
+        """Behind the answer: a record left (the process stopped first) is removed by the next gc."""
+        if self.writer:
+            self.pool.submit(self.storage.delete, layout.multipart_record(self.writer, key))
 
 
 class StagedParts:
@@ -203,6 +215,7 @@ class StagedParts:
         state = _State.load(self.state_path) or state
         etags = [state.parts[n][1] for n in numbers]
         self.sender.storage.complete_multipart(state.key, state.upload_id, etags, if_absent=if_absent)
+        self.sender.unrecord(state.key)
 
     def _completed_before(self, key: str, size: int) -> bool:
         """Did an earlier attempt complete the upload (and then fail to copy, or lose the answer)?"""
@@ -215,6 +228,7 @@ class StagedParts:
         state = _State.load(self.state_path)
         if state is not None:
             self.sender.storage.abort_multipart(state.key, state.upload_id)
+            self.sender.unrecord(state.key)
             if state.key == self.staged_key:  # never a blob's key: that object, if any, is someone's blob
                 self.sender.storage.delete(state.key)
             self.state_path.unlink(missing_ok=True)
@@ -243,6 +257,7 @@ class StagedParts:
             state = _State.load(self.state_path)
             if state is None:
                 key = self.guess() or self.staged_key
+                self.sender.record(key)
                 upload_id = self.sender.storage.begin_multipart(
                     key, layout.OCTET_STREAM, layout.MANIFEST_CACHE_IMMUTABLE
                 )

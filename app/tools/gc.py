@@ -16,7 +16,6 @@ but the store keeps their parts.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -30,7 +29,7 @@ from app.registry.policy import Policy
 from app.registry.references import digest_of
 from app.storage import Storage
 from app.storage.base import MultipartStorage
-from app.tools.gc_run import RunTiming, announced_run
+from app.tools.gc_run import LiveParticipants, RunTiming, announced_run
 from app.tools.inventory import (
     Inventory,
     Progress,
@@ -177,29 +176,45 @@ class Collector:
             for digest in plan.blobs:
                 self.would_delete(layout.blob(plan.name, digest))
 
-    def finish(self, inventory: Inventory, participants_since: float | None = None) -> Report:
+    def finish(self, inventory: Inventory, live: LiveParticipants | None = None) -> Report:
         """What is not a repository's: sharing records, interrupted commits, abandoned multipart uploads (older
-        than the grace, or begun before every live participant started: `participants_since`)."""
+        than the grace, or, in a `--delete` run, whose writer is not alive: `live`)."""
         self.forget_blob_records(inventory)
         for upload_id in self.old_enough(sorted(inventory.staged_uploads), layout.staged_upload):
             key = layout.staged_upload(upload_id)
             self.remove(key, partial(self.storage.delete, key))
         if isinstance(self.storage, MultipartStorage):
-            self.abort_abandoned_multipart(self.storage, participants_since)
+            self.abort_abandoned_multipart(self.storage, live)
         return self.report
 
-    def abort_abandoned_multipart(self, storage: MultipartStorage, participants_since: float | None = None) -> None:
+    def abort_abandoned_multipart(self, storage: MultipartStorage, live: LiveParticipants | None = None) -> None:
         """Abort multipart uploads older than the grace (a live session's upload is younger than the purge age),
-        and those begun before every live participant started: their writer died (a replica killed mid-push).
-        A replica sharing staging with the dead one may resume its session: it then sends the file whole."""
-        orphaned_before = -math.inf if participants_since is None else participants_since - CLOCK_SKEW_SECONDS
+        and those whose writer died (a replica killed mid-push): the participants recorded as sending to that key
+        are none of them alive, or, with no record, it began before every live participant started. A replica
+        sharing staging with the dead one may still resume its session: it then sends the file whole."""
+        records = self.multipart_records(storage)
         for key, upload_id, started in sorted(storage.unfinished_multipart()):
+            writers = records.get(layout.multipart_record_name(key), {})
             age = self.started - started
-            if age < self.grace_seconds and started >= orphaned_before:
+            dead = live is not None and live.abandoned(set(writers), started, CLOCK_SKEW_SECONDS)
+            if age < self.grace_seconds and not dead:
                 self.say(f"kept-recent multipart {key} {upload_id} started {age:.0f}s ago")
                 continue
             self.report.garbage += 1
             self.remove(f"multipart {key} {upload_id}", partial(storage.abort_multipart, key, upload_id))
+        for writers in records.values():  # a dead writer's records: its uploads are aborted, or were finished
+            for writer, record in writers.items():
+                if live is not None and writer not in live.alive:
+                    self.remove(record, partial(storage.delete, record))
+
+    def multipart_records(self, storage: MultipartStorage) -> dict[str, dict[str, str]]:
+        """Record name (of a key) -> {writer: record key}, from `layout.multipart_record` keys."""
+        found: dict[str, dict[str, str]] = {}
+        for key in storage.list(layout.MULTIPART_RECORDS):  # type: ignore[attr-defined]
+            writer, _, name = key.removeprefix(layout.MULTIPART_RECORDS).rpartition("/")
+            if writer:
+                found.setdefault(name, {})[writer] = key
+        return found
 
     def plan_repository(self, repository: Repository) -> Plan | None:
         self.report.repositories += 1
@@ -366,7 +381,7 @@ def gc(
         claimed = run.condemn([key for plan in plans for key in plan.candidates()])
         for plan in plans:
             collector.execute(plan, claimed)
-        report = collector.finish(inventory, run.oldest_participant_start())
+        report = collector.finish(inventory, run.live_participants())
     return summarize(report, inventory, progress, delete)
 
 

@@ -50,6 +50,20 @@ class RunTiming:
     mark_seconds: float = DEFAULT_MARK_SECONDS  # after marking, before condemning
 
 
+@dataclass(frozen=True)
+class LiveParticipants:
+    """Who may be writing now: what a multipart upload needs to be left alone (app/tools/gc.py)."""
+
+    alive: frozenset[str]
+    since: float | None  # a multipart upload begun before this belongs to none of them
+
+    def abandoned(self, writers: set[str], started: float, skew: float) -> bool:
+        """Did the multipart upload begun at `started` (by one of `writers`, as recorded) lose its writer?"""
+        if writers:
+            return not writers & self.alive
+        return self.since is not None and started < self.since - skew
+
+
 class GcRun:
     def __init__(self, storage: Storage, timing: RunTiming, progress: Progress) -> None:
         self.storage = storage
@@ -133,14 +147,13 @@ class GcRun:
                 found[key.removeprefix(layout.GC_PARTICIPANTS)] = _parsed(read[0])
         return found
 
-    def oldest_participant_start(self) -> float | None:
-        """When the longest-running live participant started (wall clock): a multipart upload begun before it
-        belongs to none alive (a replica killed mid-push). Alive: a fresh presence, unless it stayed silent for
-        the whole of a bounded wait (`silent`). None if one cannot tell."""
-        starts = [_number(presence, "started") for key, presence in self.presences().items() if key not in self.silent]
-        if None in starts:  # a version that does not say: cannot tell
-            return None
-        return min((start for start in starts if start is not None), default=time.time())
+    def live_participants(self) -> LiveParticipants:
+        """The participants alive (a fresh presence, unless silent through the whole of a bounded wait), and when
+        the longest-running of them started (wall clock; None if one does not say)."""
+        presences = {key: presence for key, presence in self.presences().items() if key not in self.silent}
+        starts = [_number(presence, "started") for presence in presences.values()]
+        since = None if None in starts else min((start for start in starts if start is not None), default=time.time())
+        return LiveParticipants(frozenset(presences), since)
 
     def write_phase(self, phase: str, *, create: bool = False) -> None:
         """Write (or rewrite, as the heartbeat does) this run's announcement in `phase`."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -94,8 +96,10 @@ class RoundRobinProxy:
         try:
             while True:
                 await self._exchange(reader, writer)
-        except (_Closed, ValueError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except _Closed:
             pass
+        except (ValueError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            _reset(writer)  # a backend that died mid-answer: its client's connection is reset, as a pod's would be
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
@@ -120,6 +124,15 @@ class RoundRobinProxy:
             backend_writer.close()
         if not keep_alive or b"close" in _header(headers, b"connection").lower():
             raise _Closed
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset (no orderly FIN): what a client of a killed process sees."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 async def _read_request_head(reader: asyncio.StreamReader) -> tuple[bytes, Headers]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from app import layout
+from app.registry import build_registry
 from app.registry.gc_runs import GcRuns
 from app.storage.s3 import S3Storage
 from app.tools import gc as gc_module
@@ -52,21 +54,28 @@ def test_gc_aborts_abandoned_multipart_uploads_only_when_asked_and_past_the_grac
 def test_gc_aborts_at_once_the_multipart_uploads_of_a_writer_that_died(
     s3_server: S3Server, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A replica killed mid-push leaves an open multipart upload and a presence that still looks fresh; the next
-    run aborts the upload, well within the grace, because it began before every participant alive started
-    (the dead one never acknowledges the run). An upload begun after a live participant started stays."""
+    """A replica killed mid-push leaves an open multipart upload, its record, and a presence that still looks
+    fresh; the next run aborts the upload, well within the grace, because the writer its record names never
+    acknowledges the run. So does an upload with no record that began before every live participant started. A
+    live participant's upload stays."""
     monkeypatch.setattr(gc_module, "CLOCK_SKEW_SECONDS", 0.0)  # the store and the participants share a clock here
     settings = s3_settings(s3_server, bucket, tmp_path, s3_prefix=PREFIX, gc_watch_seconds=0.2)
     storage = S3Storage(settings)
     dead = GcRuns(storage, 300)
     asyncio.run(dead.be_present())  # fresh, and never acknowledges anything
-    orphan = "v2/_uploads/" + "a" * 32
-    storage.begin_multipart(orphan, "application/octet-stream")
+    unrecorded = "v2/_uploads/" + "a" * 32
+    storage.begin_multipart(unrecorded, "application/octet-stream")
     time.sleep(2)  # the store's clock counts seconds
-    with running_registry(settings):  # a live participant, started after the orphan began
+    registry = build_registry(settings)
+    with running_registry(settings, registry):  # a live participant, started after the unrecorded upload began
         time.sleep(1.5)
-        live = "v2/_uploads/" + "b" * 32
-        storage.begin_multipart(live, "application/octet-stream")
+        uploads = {}
+        for writer, name in ((dead.id, "b"), (registry.gc_runs.id, "c")):
+            uploads[name] = "v2/_uploads/" + name * 32
+            storage.put_bytes(layout.multipart_record(writer, uploads[name]), b"", layout.TEXT)
+            storage.begin_multipart(uploads[name], "application/octet-stream")
         out = io.StringIO()
         gc(storage, delete=True, grace_seconds=3600, timing=RunTiming(settle_seconds=5, mark_seconds=0), out=out)
-    assert open_uploads(s3_server, bucket) == [f"{PREFIX}/{live}"], out.getvalue()
+    assert open_uploads(s3_server, bucket) == [f"{PREFIX}/v2/_uploads/{'c' * 32}"], out.getvalue()
+    records = list(storage.list(layout.MULTIPART_RECORDS))
+    assert records == [layout.multipart_record(registry.gc_runs.id, uploads["c"])]
