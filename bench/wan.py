@@ -1,6 +1,7 @@
 """Push benchmark across a WAN: every contender reaches SeaweedFS through a proxy that applies Storj's gateway rules.
 
     python3 -m bench.wan [--latency 0.05] [--repeat 1] [--cases many,big,index] [--clients skopeo,docker,oras]
+                         [--fills tags,repositories] [--fill-sizes 10,5000]
 
 The proxy (tests/support/fault_proxy.py) sleeps `--latency` seconds before forwarding each request (threads, so
 concurrent requests overlap, as on a real link), answers `429 SlowDown` to a second write of one key within a
@@ -12,7 +13,10 @@ requests by S3 operation. Through one such proxy each, in one run:
   with oras/containerd's (one PUT with the body), the last two written here against the spec's requests;
 - distribution: the reference registry (Debian's `docker-registry`, CNCF distribution 2.8), pushed with skopeo.
 Cases: many small layers, one big layer, a multi-arch index, and a re-tag (the `many` image pushed again under a
-new tag to the registry that holds it). Each case starts from an empty bucket. Printed: wall time and S3 requests
+new tag to the registry that holds it). Each case starts from an empty bucket. Fills: a bucket filled straight
+into the store (tests/support/fill.py) with a repository of `--fill-sizes` tags, or a catalog of that many
+repositories; the service, fresh and then warm, is pushed a new 2 x 1 MiB image into that repository, or into a
+new one (skopeo), to show a push's cost does not grow with the bucket. Printed: wall time and S3 requests
 by operation per push, and ratios to bare and to distribution. Timings are never asserted in tests; request
 counts are (tests/integration/test_request_counts.py).
 """
@@ -36,9 +40,13 @@ from typing import Any
 import httpx
 from boto3.s3.transfer import TransferConfig
 
+from app.settings import Settings
+from app.storage.s3 import S3Storage
 from bench.images import BenchImage, MiB, write_image, write_index
 from bench.servers import Registry, start_reference, start_service
 from tests.support.fault_proxy import FaultProxy, storj_rules
+from tests.support.fill import NAME as FILL_NAME
+from tests.support.fill import fill_catalog, fill_repository
 from tests.support.seaweed import S3Server, start_seaweed
 from tests.support.tools import require_tool
 
@@ -65,6 +73,7 @@ CASES = {
     ),
 }
 ARCHES = ["amd64", "arm64", "ppc64le"]
+FILLS = ("tags", "repositories")
 
 
 @dataclass
@@ -102,13 +111,51 @@ def main(argv: list[str] | None = None) -> int:
     results = Results()
     try:
         for repeat in range(args.repeat):
-            for number, key in enumerate(args.cases.split(",")):
+            for number, key in enumerate(filter(None, args.cases.split(","))):
                 run_case(s3, workdir / f"r{repeat}-{key}", CASES[key], (repeat * 10 + number) * 1000, args, results)
+            for kind in filter(None, args.fills.split(",")):
+                for size in map(int, args.fill_sizes.split(",")):
+                    run_fill(s3, workdir / f"r{repeat}-{kind}-{size}", kind, size, args, results)
             print_table(args, results, f"after {repeat + 1} of {args.repeat} repeats (medians)")
     finally:
         s3.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if any(s.errors for samples in results.samples.values() for s in samples) else 0
+
+
+def run_fill(s3: S3Server, workdir: Path, kind: str, size: int, args: Any, results: Results) -> None:
+    """A new image pushed (fresh process, then warm) into a repository of `size` tags, or among `size`
+    repositories: rows `<kind>@<size> fresh` and `... warm`."""
+    bucket = s3.new_bucket(f"fill-{kind[:4]}")
+    with StorjRulesProxy(s3, 0.0) as chaining:  # the fill writes documents the way the service will: chained
+        direct = S3Storage(_direct_settings(s3, bucket, workdir))
+        chained = S3Storage(_direct_settings(s3, bucket, workdir, chaining.endpoint))
+        (fill_repository if kind == "tags" else fill_catalog)(direct, chained, size)
+    with StorjRulesProxy(s3, args.latency) as proxy:
+        service = start_service(s3, bucket, workdir / "service", PART_SIZE, CONCURRENCY, proxy.endpoint, QUIET)
+        try:
+            proxy.quiet()
+            for moment, seed in (("fresh", 1), ("warm", 2)):
+                image = write_image(workdir / f"image-{moment}", "v1", seed * 7919 + size, [MiB, MiB])
+                name = FILL_NAME if kind == "tags" else f"new/repository-{moment}"
+                push = partial(skopeo_push, service, image, f"{name}:{moment}")
+                results.add(f"{kind}@{size} {moment}", "service/skopeo", measure(proxy, push))
+                time.sleep(1)  # Storj takes a write a second to a key: the tags list was just written
+        finally:
+            service.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _direct_settings(s3: S3Server, bucket: str, workdir: Path, endpoint: str | None = None) -> Settings:
+    return Settings(
+        storage="s3",
+        s3_endpoint=endpoint or s3.endpoint,
+        s3_bucket=bucket,
+        s3_access_key=s3.access_key,
+        s3_secret_key=s3.secret_key,
+        s3_region=s3.region,
+        staging_dir=workdir / "fill-staging",
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -119,10 +166,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", default="skopeo,docker,oras", help="how the service is pushed to")
     parser.add_argument("--no-reference", action="store_true", help="skip distribution 2.8")
     parser.add_argument("--workdir", default=None, help="where images, staging and the store go")
+    parser.add_argument("--fills", default=",".join(FILLS), help="pushes into a filled bucket: tags, repositories")
+    parser.add_argument("--fill-sizes", default="10,5000", help="tags of the repository, or repositories")
     args = parser.parse_args(argv)
-    unknown = set(args.cases.split(",")) - set(CASES)
+    unknown = set(args.cases.split(",")) - set(CASES) | set(filter(None, args.fills.split(","))) - set(FILLS)
     if unknown:
-        parser.error(f"unknown cases {sorted(unknown)}")
+        parser.error(f"unknown cases or fills {sorted(unknown)}")
     return args
 
 
@@ -284,15 +333,16 @@ def print_table(args: Any, results: Results, heading: str) -> None:
         "| time / distribution | requests / distribution |"
     )
     print("|---" * (8 + len(OPERATIONS)) + "|")
-    rows = [*args.cases.split(","), "retag"]
-    for row in rows:
+    rows = [*filter(None, args.cases.split(",")), "retag"]
+    rows += [row for row, _ in sorted(results.samples) if "@" in row and row not in rows]
+    for row in dict.fromkeys(rows):
         bare, reference = results.median(row, "bare"), results.median(row, "distribution")
         for (sample_row, contender), _ in sorted(results.samples.items()):
             if sample_row != row:
                 continue
             sample = results.median(row, contender)
             assert sample is not None
-            title = CASES[row].title if row in CASES else "re-tag of `many`"
+            title = CASES[row].title if row in CASES else "re-tag of `many`" if row == "retag" else row
             cells = [title, contender, f"{sample.seconds:.2f}", str(sample.requests)]
             cells += [str(sample.operations.get(op, 0)) for op in OPERATIONS]
             cells += [_ratio(sample.seconds, bare.seconds if bare else None)]

@@ -88,9 +88,9 @@ class Forwarding:
             try:
                 response = await self.client.send(self._request(peer, scope, body, hops), stream=True)
                 break
-            except httpx.ConnectError:
+            except httpx.ConnectError as exc:
                 if body.started:
-                    await self._lost(peer, scope, send, body)
+                    await self._lost(peer, scope, send, body, exc)
                     return
                 FORWARDED.labels(outcome="unreachable").inc()
                 self.members.unreachable(peer)  # so the next owner is another replica, or this one
@@ -99,8 +99,8 @@ class Forwarding:
                     await self.app(scope, receive, send)
                     return
                 peer = rerouted
-            except (httpx.HTTPError, _ClientGone):
-                await self._lost(peer, scope, send, body)
+            except (httpx.HTTPError, _ClientGone) as exc:
+                await self._lost(peer, scope, send, body, exc)
                 return
         FORWARDED.labels(outcome="forwarded").inc()
         try:
@@ -115,7 +115,7 @@ class Forwarding:
             headers.append((b"x-forwarded-for", client[0].encode()))
         headers += [(b"x-forwarded-proto", scope["scheme"].encode()), (PEER_HEADER, self._secret)]
         headers.append((HOPS_HEADER, str(hops).encode()))
-        url = peer + scope["raw_path"].decode("latin-1")
+        url = peer + (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
         content = body.chunks() if _has_body(scope) else None
@@ -125,13 +125,13 @@ class Forwarding:
     def _secret(self) -> bytes:
         return self.members.secret.encode()
 
-    async def _lost(self, peer: str, scope: Scope, send: Send, body: _Body) -> None:
+    async def _lost(self, peer: str, scope: Scope, send: Send, body: _Body, exc: Exception) -> None:
         """The peer went away with the request: a session's is unknown now (its holder is gone: the client starts
         the layer again, as every client does on that code), anything else is a 503 to retry."""
         FORWARDED.labels(outcome="lost").inc()
         if body.gone:
             return
-        log.warning("a request forwarded to %s was lost with the connection", peer, exc_info=True)
+        log.warning("a request forwarded to %s was lost with the connection: %r", peer, exc)
         await body.drain()
         if SESSION_PATH.fullmatch(scope["path"]):
             error: RegistryError = BlobUploadUnknown("the replica holding this upload went away: start it again")

@@ -10,23 +10,20 @@ with their chains of versions), straight into SeaweedFS: filling through the ser
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from app import layout
-from app.registry import build_registry, documents
+from app.registry import build_registry
 from app.settings import Settings
 from app.storage.s3 import S3Storage
 from tests.conftest import proxied_settings, s3_settings
 from tests.support.fault_proxy import FaultProxy, storj_rules
-from tests.support.pushing import OCI_MANIFEST, image_manifest, monolithic_push
+from tests.support.fill import NAME, config, fill_catalog, fill_repository
+from tests.support.pushing import monolithic_push
 from tests.support.registry_server import running_registry
 from tests.support.seaweed import S3Server
 
@@ -35,50 +32,7 @@ Cost = dict[str, int]  # store requests by operation
 Fill = Callable[[S3Storage, S3Storage, int], None]
 MAX_MORE = 2  # store requests a push may cost more at LARGE than at SMALL (the issue's bound)
 BLOBS_ASKED = 3  # the push HEADs its config and its two layers
-NAME = "team/app"
-LAYERS = [b"a shared layer " * 300, b"another shared layer " * 300]
 STORJ_KEY_INTERVAL = 1.0  # a tags list written just now takes its next write a second later
-
-
-def config(seed: int) -> bytes:
-    return json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def fill_repository(direct: S3Storage, chained: S3Storage, tags: int) -> None:
-    """`tags` tags of NAME, each with its own manifest and config blob, then the tags list and its chain."""
-
-    def tagged(number: int) -> None:
-        blob = config(number)
-        manifest = image_manifest(blob, LAYERS)
-        direct.put_bytes(layout.blob(NAME, sha256(blob)), blob, layout.OCTET_STREAM)
-        direct.put_bytes(layout.manifest(NAME, sha256(manifest)), manifest, OCI_MANIFEST)
-        direct.put_bytes(layout.manifest(NAME, f"v{number}"), manifest, OCI_MANIFEST)
-
-    for blob in LAYERS:
-        direct.put_bytes(layout.blob(NAME, sha256(blob)), blob, layout.OCTET_STREAM)
-    with ThreadPoolExecutor(32) as pool:
-        list(pool.map(tagged, range(tags)))
-    direct.put_bytes(layout.catalog_entry(NAME), b"", layout.OCTET_STREAM)
-    documents.rebuild(chained, documents.tags_kind(chained, NAME))
-    documents.rebuild(chained, documents.catalog_kind(chained))
-
-
-def fill_catalog(direct: S3Storage, chained: S3Storage, repositories: int) -> None:
-    """`repositories` catalog entries (each repository one tag), then the catalog and its chain."""
-
-    def repository(number: int) -> None:
-        name = f"fill/repo-{number}"
-        manifest = image_manifest(config(number), [])
-        direct.put_bytes(layout.manifest(name, "v1"), manifest, OCI_MANIFEST)
-        direct.put_bytes(layout.catalog_entry(name), b"", layout.OCTET_STREAM)
-
-    with ThreadPoolExecutor(32) as pool:
-        list(pool.map(repository, range(repositories)))
-    documents.rebuild(chained, documents.catalog_kind(chained))
 
 
 def push(url: str, name: str, tag: str, seed: int) -> None:

@@ -1,0 +1,59 @@
+"""A bucket filled as pushes leave it, straight into the store (filling through the service would take minutes):
+a repository of many tags (each its own manifest and config blob, two shared layers), or a catalog of many
+repositories, with their tags list and catalog and, where the store does not honour If-Match, their chains of
+versions (app/registry/documents.py). Used by tests/integration/test_cost_at_scale.py and bench/wan.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+from app import layout
+from app.registry import documents
+from app.storage import Storage
+from tests.support.pushing import OCI_MANIFEST, image_manifest
+
+NAME = "team/app"
+LAYERS = [b"a shared layer " * 300, b"another shared layer " * 300]
+
+
+def config(seed: int) -> bytes:
+    return json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def fill_repository(direct: Storage, chained: Storage, tags: int) -> None:
+    """`tags` tags of NAME, each with its own manifest and config blob, then the tags list and its chain."""
+
+    def tagged(number: int) -> None:
+        blob = config(number)
+        manifest = image_manifest(blob, LAYERS)
+        direct.put_bytes(layout.blob(NAME, sha256(blob)), blob, layout.OCTET_STREAM)
+        direct.put_bytes(layout.manifest(NAME, sha256(manifest)), manifest, OCI_MANIFEST)
+        direct.put_bytes(layout.manifest(NAME, f"v{number}"), manifest, OCI_MANIFEST)
+
+    for blob in LAYERS:
+        direct.put_bytes(layout.blob(NAME, sha256(blob)), blob, layout.OCTET_STREAM)
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(tagged, range(tags)))
+    direct.put_bytes(layout.catalog_entry(NAME), b"", layout.OCTET_STREAM)
+    documents.rebuild(chained, documents.tags_kind(chained, NAME))
+    documents.rebuild(chained, documents.catalog_kind(chained))
+
+
+def fill_catalog(direct: Storage, chained: Storage, repositories: int) -> None:
+    """`repositories` catalog entries (each repository one tag), then the catalog and its chain."""
+
+    def repository(number: int) -> None:
+        name = f"fill/repo-{number}"
+        manifest = image_manifest(config(number), [])
+        direct.put_bytes(layout.manifest(name, "v1"), manifest, OCI_MANIFEST)
+        direct.put_bytes(layout.catalog_entry(name), b"", layout.OCTET_STREAM)
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(repository, range(repositories)))
+    documents.rebuild(chained, documents.catalog_kind(chained))
