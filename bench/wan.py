@@ -169,7 +169,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fills", default=",".join(FILLS), help="pushes into a filled bucket: tags, repositories")
     parser.add_argument("--fill-sizes", default="10,5000", help="tags of the repository, or repositories")
     args = parser.parse_args(argv)
-    unknown = set(args.cases.split(",")) - set(CASES) | set(filter(None, args.fills.split(","))) - set(FILLS)
+    unknown = set(filter(None, args.cases.split(","))) - set(CASES) | set(filter(None, args.fills.split(","))) - set(
+        FILLS
+    )
     if unknown:
         parser.error(f"unknown cases or fills {sorted(unknown)}")
     return args
