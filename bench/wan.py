@@ -46,6 +46,7 @@ from bench.images import BenchImage, MiB, write_image, write_index
 from bench.servers import Registry, start_reference, start_service
 from tests.support.fault_proxy import FaultProxy, storj_rules
 from tests.support.fill import NAME as FILL_NAME
+from tests.support.fill import WRITERS as FILL_WRITERS
 from tests.support.fill import fill_catalog, fill_repository
 from tests.support.seaweed import S3Server, start_seaweed
 from tests.support.tools import require_tool
@@ -155,6 +156,7 @@ def _direct_settings(s3: S3Server, bucket: str, workdir: Path, endpoint: str | N
         s3_secret_key=s3.secret_key,
         s3_region=s3.region,
         staging_dir=workdir / "fill-staging",
+        s3_max_concurrency=FILL_WRITERS // 4,  # connections for the fill's writer threads
     )
 
 

@@ -154,8 +154,11 @@ def whole_in_the_bucket(target: Target) -> None:
         target.bucket.check_pushed("rr/app", tag, digest)
 
 
-@pytest.mark.parametrize("latency", [0.0, 0.05], ids=["no-latency", "50ms"])
-@pytest.mark.parametrize(("topology", "replicas"), [("own-staging", 3), ("shared-staging", 2)])
+@pytest.mark.parametrize(
+    ("topology", "replicas", "latency"),
+    [("own-staging", 3, 0.0), ("own-staging", 3, 0.05), ("shared-staging", 2, 0.05)],
+    ids=["own-staging-no-latency", "own-staging-50ms", "shared-staging-50ms"],
+)
 def test_pushes_through_replicas_behind_a_round_robin_all_succeed_at_one_replicas_cost(
     start: Callable[[float, int, str], Target],
     images: list[Path],

@@ -22,7 +22,7 @@ from app.settings import Settings
 from app.storage.s3 import S3Storage
 from tests.conftest import proxied_settings, s3_settings
 from tests.support.fault_proxy import FaultProxy, storj_rules
-from tests.support.fill import NAME, config, fill_catalog, fill_repository
+from tests.support.fill import NAME, WRITERS, config, fill_catalog, fill_repository
 from tests.support.pushing import monolithic_push
 from tests.support.registry_server import running_registry
 from tests.support.seaweed import S3Server
@@ -54,7 +54,7 @@ def bucket_at(s3_server: S3Server, tmp_path: Path) -> Iterator[tuple[Settings, F
         settings = proxied_settings(
             s3_server, bucket, tmp_path / bucket, proxy, publish_in_background=True, gc_watch_seconds=300
         )
-        direct = S3Storage(s3_settings(s3_server, bucket, tmp_path))
+        direct = S3Storage(s3_settings(s3_server, bucket, tmp_path, s3_max_concurrency=WRITERS // 4))
         chained = S3Storage(proxied_settings(s3_server, bucket, tmp_path, fill_proxy))
         yield settings, proxy, direct, chained
 
