@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 from fastapi import FastAPI
 
 from app.main import create_app
@@ -102,13 +101,6 @@ class Cluster:
         replica = self.replicas[index]
         replica.stack.close()
         replica.app = None
-
-
-def ready(url: str) -> bool:
-    try:
-        return httpx.get(url + "/_peer/ready", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def staging_of(root: Path, index: int) -> Path:
