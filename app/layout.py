@@ -90,6 +90,15 @@ def blob_location(digest: str) -> str:
     return f"{BLOB_LOCATIONS}{digest}"
 
 
+SUMMARIES = "v2/_summaries/"
+
+
+def blob_summary(name: str) -> str:
+    """The digest prefixes of a big repository's blobs (app/registry/blob_summaries.py). `_summaries` cannot be a
+    repository name; the final `/_blobs` keeps nested names from being a file and a directory at once."""
+    return f"{SUMMARIES}{name}/_blobs"
+
+
 PAGE = "index.html"
 PAGE_ASSETS = "assets/"
 

@@ -117,9 +117,10 @@ class Registry:
             await self.records.load()
 
     async def settle(self) -> None:
-        """Finish the writes that go on behind answers: verified blobs, location records, the checks of derived
-        documents (before an exit)."""
+        """Finish the writes that go on behind answers: verified blobs, blob summaries, location records, the
+        checks of derived documents (before an exit)."""
         await self.blobs.publishing.drain()
+        await self.blobs.summaries.settle()
         await self.records.settle()
         await self.documents.drain()
 
@@ -161,6 +162,7 @@ def build_registry(settings: Settings, storage: Storage | None = None) -> Regist
         documents,
         beliefs,
         blobs.publishing,
+        blobs.summaries,
         immutable,
         gc_runs,
         events,

@@ -10,8 +10,8 @@ shared staging disk compares) may answer a question at time `now` only if `t` is
 | question | window | also requires |
 |---|---|---|
 | a client's HEAD: is the blob there? (yes) | LISTING_TTL_S | |
-| a client's HEAD: is the blob there? (no) | LISTING_TTL_S, from a listing | no process sharing the staging |
-| | | disk published it since |
+| a client's HEAD: is the blob there? (no) | LISTING_TTL_S, from a listing, | no process sharing the staging |
+| | or from a summary (big repositories) | disk published it since |
 | may a manifest naming it be published without asking? | EVIDENCE_TRUST_S (seen), | deletes disabled |
 | | WRITE_TRUST_S (written here), | |
 | | PUBLISHED_TTL_S (written by a replica sharing the staging disk) | |
@@ -46,10 +46,10 @@ Not beliefs: `v2/index.html` and the catalog page are written once per process (
 next-digest guess of an upload (`Uploads.wanted`) costs speed only when wrong, and the gc claims a replica made
 live as long as their run (app/registry/gc_runs.py).
 
-A repository whose blob listing fills a page (WARM_LISTING_PAGES) is not listed again: its questions go to the
-store one HEAD each, so a push costs the same in a repository of any size (a HEAD per blob it asks about, rather
-than pages growing with the repository). At most MAX_REPOSITORIES repositories are remembered, the least recently
-used forgotten.
+A repository whose blob listing fills a page (WARM_LISTING_PAGES) is not listed again: its blob questions are
+answered from its summary (app/registry/blob_summaries.py, one read for all of them: "absent", or "maybe", which
+the store answers with a HEAD), so a push costs the same in a repository of any size. At most MAX_REPOSITORIES
+repositories are remembered, the least recently used forgotten.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from enum import Enum
 from anyio.to_thread import run_sync as run
 
 from app import layout
-from app.registry import versions
+from app.registry import blob_summaries, versions
 from app.registry.formats import Descriptor
 from app.registry.staging import Document, Staging
 from app.storage import Storage
@@ -106,6 +106,12 @@ class _Objects:
     listed_at: float = -math.inf
     too_big: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    summary: set[bytes] | None = None  # blobs of a repository too big to list (None: none read, or none stored)
+    summarised_at: float = -math.inf
+    summary_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def written(self) -> set[bytes]:
+        return {blob_summaries.prefix(ref) for ref, seen in self.seen.items() if seen.written}
 
 
 @dataclass
@@ -161,9 +167,12 @@ class Beliefs:
 
     def wrote(self, name: str, kind: Kind, reference: str, size: int) -> None:
         """This process has just written (or found already written) the object."""
-        self._repository(name).of(kind).seen[reference] = _Seen(size, self.clock(), written=True)
+        objects = self._repository(name).of(kind)
+        objects.seen[reference] = _Seen(size, self.clock(), written=True)
         if kind is Kind.BLOB:
             self._deleted.pop((name, reference), None)
+            if objects.summary is not None:
+                objects.summary.add(blob_summaries.prefix(reference))
 
     def forget(self, name: str, kind: Kind, reference: str) -> None:
         """The object was found missing, or is about to be deleted here."""
@@ -186,7 +195,10 @@ class Beliefs:
         """The blob was just copied into `name` from `source`: known to be there, with the source's size if known
         (else a HEAD asks for it when someone needs it)."""
         seen = self._repository(source).blobs.seen.get(digest)
-        self._repository(name).blobs.seen[digest] = _Seen(seen.size if seen else None, self.clock(), written=True)
+        objects = self._repository(name).blobs
+        objects.seen[digest] = _Seen(seen.size if seen else None, self.clock(), written=True)
+        if objects.summary is not None:
+            objects.summary.add(blob_summaries.prefix(digest))
         self._deleted.pop((name, digest), None)
 
     def holders(self, digest: str) -> list[str]:
@@ -209,6 +221,9 @@ class Beliefs:
         if answer is _UNKNOWN and not objects.too_big and reference not in objects.seen:
             await self.warm(name)  # a push asks next about the other kind (its manifest, tags): one round trip
             answer = self._recall(name, kind, objects, reference)
+        if answer is _UNKNOWN and objects.too_big and kind is Kind.BLOB and reference not in objects.seen:
+            await self._read_summary(name, objects)
+            answer = self._recall(name, kind, objects, reference)
         return await self._head(name, kind, reference) if answer is _UNKNOWN else answer  # type: ignore[return-value]
 
     def _recall(self, name: str, kind: Kind, objects: _Objects, reference: str) -> int | object | None:
@@ -218,6 +233,13 @@ class Beliefs:
             return seen.size if seen.size is not None else _UNKNOWN
         if seen is None and self.fresh(objects.listed_at, LISTING_TTL_S):
             return self._published_since_listing(name, kind, reference, objects.listed_at)
+        if (
+            seen is None
+            and objects.summary is not None
+            and self.fresh(objects.summarised_at, LISTING_TTL_S)
+            and blob_summaries.prefix(reference) not in objects.summary
+        ):
+            return self._published_since_listing(name, kind, reference, objects.summarised_at)
         return _UNKNOWN
 
     def _published_since_listing(self, name: str, kind: Kind, reference: str, listed_at: float) -> int | None:
@@ -235,6 +257,42 @@ class Beliefs:
         repository = self._repository(name)
         listings = [self._list(name, kind, repository.of(kind)) for kind in Kind]
         await asyncio.gather(*listings, self._read_tags(name, repository))
+
+    # blob summaries (app/registry/blob_summaries.py) ------------------------------------------------------------
+
+    def blobs_too_big(self, name: str) -> bool:
+        """Are the repository's blobs known to fill a listing page (a repository with a summary)?"""
+        return self._repository(name).blobs.too_big
+
+    async def blob_summary(self, name: str) -> set[bytes] | None:
+        """The summary to write: the one stored (read again unless fresh) with this process's writes, or None
+        when none is stored."""
+        objects = self._repository(name).blobs
+        await self._read_summary(name, objects)
+        return None if objects.summary is None else set(objects.summary)
+
+    def learn_blob_summary(self, name: str, prefixes: set[bytes], at: float) -> set[bytes]:
+        """A summary read or listed at `at`, with what memory held and this process's own writes: what one writer
+        left out (racing another), the next rewrite after a read puts back. A prefix too many is only a "maybe"."""
+        objects = self._repository(name).blobs
+        objects.summary = prefixes | objects.written() | (objects.summary or set())
+        objects.summarised_at = at
+        return set(objects.summary)
+
+    async def _read_summary(self, name: str, objects: _Objects) -> None:
+        """Read the summary unless it is fresh or was read since this was asked (one read for concurrent HEADs).
+        A missing one is remembered as missing for as long (the next commit's rewrite lists the repository)."""
+        requested = self.clock()
+        async with objects.summary_lock:
+            if objects.summarised_at >= requested or self.fresh(objects.summarised_at, LISTING_TTL_S):
+                return
+            started = self.clock()
+            found = await run(self.storage.read_small, layout.blob_summary(name))
+            prefixes = blob_summaries.decode(found[0]) if found else None
+            if prefixes is None:
+                objects.summary, objects.summarised_at = None, started
+            else:
+                self.learn_blob_summary(name, prefixes, started)
 
     # vouching for a manifest's references ----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from app import layout
 from app.errors import BlobUnknown
 from app.metrics import COMMIT_SECONDS, COMMITTED_BLOBS
 from app.registry.beliefs import Beliefs, Kind
+from app.registry.blob_summaries import BlobSummaries
 from app.registry.documents import Documents
 from app.registry.events import RegistryEvents
 from app.registry.gc_runs import GcRuns
@@ -65,6 +66,7 @@ class Blobs:
         # Concurrent pushes of one layer publish it once: Storj allows about one write per second to a key.
         self._publishing = KeyedLocks()
         self.publishing = Publishing(uploads, self._publish_verified)
+        self.summaries = BlobSummaries(storage, beliefs)
 
     async def size(self, name: str, digest: str) -> int | None:
         """The blob's size if the repository holds it (or it is verified and on its way there), else None.
@@ -142,6 +144,7 @@ class Blobs:
     def _published(self, name: str, digest: str, size: int) -> None:
         self.beliefs.wrote(name, Kind.BLOB, digest, size)
         self.records.remember(name, digest, size)
+        self.summaries.wrote(name)
 
     async def _write(self, upload: Upload, sealed: Sealed) -> None:
         """Write exactly the verified bytes at the blob's key (create-only), unless they are known to be there."""
@@ -209,6 +212,7 @@ class Blobs:
         else:
             COMMITTED_BLOBS.labels(how).inc()
         self.beliefs.copied_blob(name, digest, source)
+        self.summaries.wrote(name)
         self.gc_runs.promised(layout.blob(name, digest))
         if announce:
             self.events.blob_mounted(name, digest, source, size)

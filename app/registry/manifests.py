@@ -22,6 +22,7 @@ from anyio.to_thread import run_sync as run
 from app import layout
 from app.errors import DigestInvalid, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown, TagInvalid
 from app.registry.beliefs import Beliefs, Kind
+from app.registry.blob_summaries import BlobSummaries
 from app.registry.documents import Documents
 from app.registry.events import RegistryEvents
 from app.registry.formats import Manifest, check_urls, parse_manifest
@@ -72,6 +73,7 @@ class Manifests:
         documents: Documents,
         beliefs: Beliefs,
         publishing: Publishing,
+        summaries: BlobSummaries,
         immutable: ImmutableTags,
         gc_runs: GcRuns,
         events: RegistryEvents,
@@ -84,6 +86,7 @@ class Manifests:
         self.documents = documents
         self.beliefs = beliefs
         self.publishing = publishing
+        self.summaries = summaries  # rewritten once per push, after its blobs (app/registry/blob_summaries.py)
         self.immutable = immutable  # REGISTRY_POLICY: immutable tags
         self.gc_runs = gc_runs  # a running gc's candidates a push relies on are claimed
         self.events = events
@@ -124,6 +127,7 @@ class Manifests:
             await self._require_references(name, manifest)
             await self.documents.ensure_index_html()
             await self._write_by_digest(name, digest, body, manifest.media_type)
+            self.summaries.flush(name)
             steps = [self.documents.add_to_catalog(name)]
             if tags:
                 steps.append(self._write_tags(name, writes))

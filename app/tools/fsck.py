@@ -29,7 +29,8 @@ from functools import partial
 from typing import Any, TextIO
 
 from app import layout
-from app.registry import catalog_page, documents
+from app.registry import blob_summaries, catalog_page, documents
+from app.registry.beliefs import LISTING_PAGE
 from app.registry.formats import INDEXES
 from app.registry.gc_runs import STALE_SECONDS
 from app.storage import KeyBlocked, Storage
@@ -168,6 +169,7 @@ class Checker:
                 referrers.setdefault(stored.manifest.subject.digest, {})[stored.digest] = descriptor
         yield from self.check_referrers(repository, referrers)
         yield from self.check_tags_list(repository)
+        yield from self.check_blob_summary(repository)
 
     def check_manifest(self, repository: Repository, stored: StoredManifest) -> Iterator[Problem]:
         if stored.by_digest and stored.digest != stored.reference:
@@ -236,6 +238,23 @@ class Checker:
         rebuild = partial(documents.rebuild, self.storage, documents.tags_kind(self.storage, name))
         expected = documents.tags_document(name, sorted(repository.tags))
         yield from self.check_document(layout.tags_list(name), expected, layout.JSON, rebuild)
+
+    def check_blob_summary(self, repository: Repository) -> Iterator[Problem]:
+        """A repository too big to list in one page has a summary naming every blob it holds (the prefixes of
+        blobs removed since may stay: they only cost a HEAD)."""
+        if len(repository.blobs) < LISTING_PAGE:
+            return
+        key = layout.blob_summary(repository.name)
+        found = self.storage.read_small(key)
+        rebuild = partial(blob_summaries.rebuild, self.storage, repository.name)
+        if found is None:
+            yield Problem("missing-document", key, "a repository this big has a summary of its blobs", rebuild)
+            return
+        prefixes = blob_summaries.decode(found[0])
+        lacking = {blob_summaries.prefix(digest) for digest in repository.blobs} - (prefixes or set())
+        if prefixes is None or lacking:
+            detail = "not a summary" if prefixes is None else f"lacks {len(lacking)} of its blobs"
+            yield Problem("stale-document", key, detail, rebuild)
 
     # blob contents (--blobs) ----------------------------------------------------------------------------
 

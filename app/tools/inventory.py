@@ -49,6 +49,9 @@ KEY_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("blob_record", _pattern(layout.blob_location("@digest@"), digest=_DIGEST)),
     ("staged_upload", _pattern(layout.staged_upload("@id@"), id=UPLOAD_ID_RE.pattern)),
     ("gc_state", re.compile(re.escape(layout.GC_STATE) + ".+")),  # a gc run's own (app/tools/gc_run.py)
+    ("document_version", re.compile(re.escape(layout.VERSIONS) + ".+")),  # app/registry/versions.py
+    ("multipart_record", re.compile(re.escape(layout.MULTIPART_RECORDS) + ".+")),  # gc reads them itself
+    ("blob_summary", _pattern(layout.blob_summary("@name@"), name=_NAME)),  # fsck reads them itself
     ("quarantined", re.compile(re.escape(layout.QUARANTINE) + "(?P<key>.+)")),  # moved aside by fsck --repair
 ]
 
@@ -143,6 +146,9 @@ _ADDERS: dict[str, Callable[[Inventory, dict[str, str]], None]] = {
     "blob_record": lambda inv, f: inv.blob_records.add(f["digest"]),
     "staged_upload": lambda inv, f: inv.staged_uploads.add(f["id"]),
     "gc_state": lambda inv, f: None,
+    "document_version": lambda inv, f: None,
+    "multipart_record": lambda inv, f: None,
+    "blob_summary": lambda inv, f: None,
     "quarantined": lambda inv, f: inv.quarantined.append(layout.QUARANTINE + f["key"]),
 }
 

@@ -11,7 +11,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 from app import layout
-from app.registry import documents
+from app.registry import blob_summaries, documents
 from app.storage import Storage
 from tests.support.pushing import OCI_MANIFEST, image_manifest
 
@@ -29,8 +29,9 @@ def sha256(data: bytes) -> str:
 
 
 def fill_repository(direct: Storage, chained: Storage, tags: int) -> None:
-    """`tags` tags of NAME, each with its own manifest and config blob, then the tags list and its chain. The
-    manifests' digest keys are left out: no push reads them, and they would double the fill's time."""
+    """`tags` tags of NAME, each with its own manifest and config blob, then the tags list and its chain, and the
+    summary of its blobs. The manifests' digest keys are left out: no push reads them, and they would double the
+    fill's time."""
 
     def tagged(number: int) -> None:
         blob = config(number)
@@ -42,6 +43,8 @@ def fill_repository(direct: Storage, chained: Storage, tags: int) -> None:
     with ThreadPoolExecutor(WRITERS) as pool:
         list(pool.map(tagged, range(tags)))
     direct.put_bytes(layout.catalog_entry(NAME), b"", layout.OCTET_STREAM)
+    blobs = [*LAYERS, *(config(number) for number in range(tags))]
+    blob_summaries.write(direct, NAME, (blob_summaries.prefix(sha256(blob)) for blob in blobs))
     documents.rebuild(chained, documents.tags_kind(chained, NAME))
     documents.rebuild(chained, documents.catalog_kind(chained))
 

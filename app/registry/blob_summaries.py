@@ -1,0 +1,122 @@
+"""Blob summaries: what a repository too big to list in one page holds, in one small object.
+
+Why: a push asks about every blob it would upload (a HEAD). Where a repository's blobs fit one listing page, that
+one listing answers all of a push's questions (app/registry/beliefs.py); past a page, each question would be a
+HEAD to the store, and a push into a big repository would cost more than one into a small one. The summary
+`v2/_summaries/<name>/_blobs` holds the first PREFIX_BYTES bytes of every blob digest of the repository, sorted:
+one read of it (20 KB at 5,000 blobs) answers "absent" for any digest whose prefix it lacks. A prefix it has is
+only a "maybe" (a false one is about 1 in 860,000 at 5,000 blobs): the store is asked.
+
+What keeps it correct: a summary only ever answers "absent", and a wrong "absent" costs a client the upload of a
+blob the repository already holds, nothing worse: the blob's write is create-only (the bytes there stay), and a
+manifest's references are checked against what was written or the store, never against a summary.
+- A process that commits blobs to a repository it knows to be big rewrites the summary when it commits a manifest
+  (once per push), behind the answer: the summary it read, plus what it wrote (also at exit, when a push
+  stopped before its manifest). Two writers at once (replicas during a change of owners, a `copy`) may
+  each drop the other's digests: the next upload of such a blob finds it there and writes it back.
+- A big repository without a summary (it grew past a page before summaries were written) gets one from a full
+  listing, once, behind the push that found it missing.
+- gc and deletes leave the prefixes of what they remove: a "maybe" the store answers.
+- `fsck --repair` rewrites the summary of every repository it finds too big for a page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from anyio.to_thread import run_sync as run
+
+from app import layout
+from app.registry.references import DIGEST_RE
+from app.storage import Storage, StorageFault
+
+if TYPE_CHECKING:
+    from app.registry.beliefs import Beliefs
+
+log = logging.getLogger("storj_registry")
+
+PREFIX_BYTES = 4
+MAGIC = b"storj-registry blob summary 1\n"
+KEY_INTERVAL_S = 1.0  # Storj takes about one write a second to a key: later rewrites wait that long
+
+
+def prefix(digest: str) -> bytes:
+    """The part of a digest a summary keeps (the algorithm is left out: a summary is of sha256 digests)."""
+    return bytes.fromhex(digest.partition(":")[2][: 2 * PREFIX_BYTES])
+
+
+def encode(prefixes: Iterable[bytes]) -> bytes:
+    return MAGIC + b"".join(sorted(set(prefixes)))
+
+
+def decode(document: bytes) -> set[bytes] | None:
+    """The prefixes a stored summary holds, or None for one that is not a summary (it is then rebuilt)."""
+    body = document.removeprefix(MAGIC)
+    if len(body) == len(document) or len(body) % PREFIX_BYTES:
+        return None
+    return {body[start : start + PREFIX_BYTES] for start in range(0, len(body), PREFIX_BYTES)}
+
+
+def listed(storage: Storage, name: str) -> set[bytes]:
+    """A summary of the repository's blobs from a listing of all of them (every page)."""
+    return {prefix(key) for key in storage.list_children(layout.blobs_dir(name)) if DIGEST_RE.fullmatch(key)}
+
+
+def write(storage: Storage, name: str, prefixes: Iterable[bytes]) -> None:
+    storage.put_bytes(layout.blob_summary(name), encode(prefixes), layout.OCTET_STREAM, layout.MUTABLE_CACHE)
+
+
+def rebuild(storage: Storage, name: str) -> None:
+    """Write the repository's summary from a listing (fsck)."""
+    write(storage, name, listed(storage, name))
+
+
+class BlobSummaries:
+    """The writer of summaries: behind the answers of the pushes that commit blobs to big repositories."""
+
+    def __init__(self, storage: Storage, beliefs: Beliefs) -> None:
+        self.storage = storage
+        self.beliefs = beliefs
+        self._dirty: set[str] = set()
+        self._writing: dict[str, asyncio.Task[None]] = {}
+
+    def wrote(self, name: str) -> None:
+        """A blob was just committed to `name`: its summary, if it is a repository that has one, is out of date."""
+        if self.beliefs.blobs_too_big(name):
+            self._dirty.add(name)
+
+    def flush(self, name: str) -> None:
+        """A manifest was committed to `name`: write its summary if it is out of date (behind the answer)."""
+        if name in self._dirty and name not in self._writing:
+            self._writing[name] = asyncio.create_task(self._write_while_dirty(name))
+
+    async def _write_while_dirty(self, name: str) -> None:
+        """One writer per repository: what was committed while it wrote goes in its next write, a moment later."""
+        try:
+            while name in self._dirty:
+                self._dirty.discard(name)
+                await self._write(name)
+                if name in self._dirty:
+                    await asyncio.sleep(KEY_INTERVAL_S)
+        except StorageFault as exc:  # a missing digest costs an upload again, and that upload writes it back
+            log.warning("could not write the blob summary of %s: %s", name, exc)
+        finally:
+            del self._writing[name]
+
+    async def _write(self, name: str) -> None:
+        prefixes = await self.beliefs.blob_summary(name)
+        if prefixes is None:  # none stored, or not one: from a listing of every page
+            started = self.beliefs.clock()
+            prefixes = await run(listed, self.storage, name)
+            prefixes = self.beliefs.learn_blob_summary(name, prefixes, started)
+        await run(write, self.storage, name, prefixes)
+
+    async def settle(self) -> None:
+        """Write what is out of date, and wait for the writes in flight (shutdown, tests)."""
+        for name in list(self._dirty):
+            self.flush(name)
+        if self._writing:
+            await asyncio.gather(*self._writing.values(), return_exceptions=True)
