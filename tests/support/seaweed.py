@@ -23,6 +23,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from .tools import free_port, port_is_free, require_tool
 
@@ -111,14 +112,20 @@ class S3Server:
         """Every object under `prefix` (all pages), with the metadata a HEAD returns, keyed and sorted by key.
 
         `prefix` is a plain S3 prefix ("reg" also matches "regional/..."). SeaweedFS's implicit directories are
-        not listed; it lists in its own tree order, hence the sort.
+        not listed; it lists in its own tree order, hence the sort. An object deleted between the listing and its
+        HEAD (a multipart record the service removes behind its answer) is left out.
         """
         keys: list[str] = []
         for page in self.admin.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             keys.extend(item["Key"] for item in page.get("Contents", []))
         result: dict[str, ObjectMeta] = {}
         for key in sorted(keys):
-            head = self.admin.head_object(Bucket=bucket, Key=key)
+            try:
+                head = self.admin.head_object(Bucket=bucket, Key=key)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                    continue
+                raise
             result[key] = ObjectMeta(
                 key=key,
                 size=head["ContentLength"],
