@@ -104,6 +104,7 @@ class Kind:
     content_type: str
     entries_of: Callable[[bytes], list[Any]] | None = None  # a stored document's entries, for `add`
     chained: bool = False  # without If-Match: versions written create-only (else listed before and after)
+    present: Callable[[Any], bool] | None = None  # is an entry's key there (a chained document's check)
 
 
 def tags_kind(storage: Storage, name: str) -> Kind:
@@ -114,12 +115,19 @@ def tags_kind(storage: Storage, name: str) -> Kind:
         layout.JSON,
         tags_in,
         chained=True,
+        present=lambda tag: storage.stat(layout.manifest(name, tag)) is not None,
     )
 
 
 def catalog_kind(storage: Storage) -> Kind:
     return Kind(
-        layout.CATALOG, lambda: list_catalog(storage), catalog_document, layout.JSON, _repositories_in, chained=True
+        layout.CATALOG,
+        lambda: list_catalog(storage),
+        catalog_document,
+        layout.JSON,
+        _repositories_in,
+        chained=True,
+        present=lambda name: storage.stat(layout.catalog_entry(name)) is not None,
     )
 
 
@@ -222,8 +230,22 @@ def _newest(
     for number, _ in listing:
         body = versions.read(storage, kind.key, number)
         if body is not None:  # else pruned since the listing: the one before is newer than any pruned
-            return Version(number, _entries(kind, body))
+            return Version(number, _with_unchained(kind, _entries(kind, body), document))
     return None
+
+
+def _with_unchained(kind: Kind, entries: list[Any], document: tuple[bytes, ObjectInfo] | None) -> list[Any]:
+    """The newest version's entries, and those of the document that no version names but whose keys are there.
+
+    A document that does not hold the newest version is usually an older one (a later write has not landed yet):
+    it names nothing more. Where it does, either an entry was deleted since (its key is gone: left out), or a
+    process that writes no chain (a replica of an earlier version, during a rolling upgrade) added it after the
+    chain's newest version: kept, so the next version does not drop it. One HEAD per such entry."""
+    if document is None or kind.present is None:
+        return entries
+    named = {_entry_key(entry) for entry in entries}
+    unchained = [entry for entry in _entries(kind, document[0]) if _entry_key(entry) not in named]
+    return _union(entries, [entry for entry in unchained if kind.present(entry)])
 
 
 def base_version(storage: Storage, kind: Kind, *, small: bool = False, read_document: bool = True) -> Version:
