@@ -304,6 +304,36 @@ def test_every_manifest_is_valid_kubernetes(chart: Any, values: dict[str, Any], 
         assert manifest["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE, label
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (Kubernetes takes one of them, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        duplicates = sorted({str(key) for key in keys if keys.count(key) > 1})
+        assert not duplicates, f"{duplicates} given twice at line {node.start_mark.line + 1}"
+        return super().construct_mapping(node, deep)
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_no_manifest_gives_a_key_twice(chart: Any, values: dict[str, Any]) -> None:
+    for name, text in render(chart, values).files.items():
+        if name.endswith(".yaml"):
+            list(yaml.load_all(text, Loader=UniqueKeyLoader))
+
+
+def test_the_jobs_pods_are_selected_by_no_service_and_not_by_the_budget(chart: Any) -> None:
+    """gc and sync pods carry the release's selector labels too: only their component tells them apart, or the
+    Services would send pushes (and the peers' lookups) to a job that serves nothing."""
+    rendered = render(chart, {**SYNC, "policy": POLICY, "gc": {"enabled": True}})
+    jobs = [cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"] for cron in rendered.all("CronJob")]
+    assert len(jobs) == 2
+    selectors = [service["spec"]["selector"] for service in rendered.all("Service")]
+    selectors += [pdb["spec"]["selector"]["matchLabels"] for pdb in rendered.all("PodDisruptionBudget")]
+    assert len(selectors) == 3  # the Service, the peers' Service, the budget
+    for labels in jobs:
+        assert not any(selector.items() <= labels.items() for selector in selectors), labels
+
+
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_selectors_match_the_pods(chart: Any, values: dict[str, Any]) -> None:
     rendered = render(chart, values)

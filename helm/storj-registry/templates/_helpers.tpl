@@ -26,6 +26,13 @@ app.kubernetes.io/name: {{ include "storj-registry.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The service's pods (not the gc or sync jobs' pods, which share the selector labels): what Services and the
+budget select. The Deployment keeps selecting by the selector labels alone: a selector cannot change in place. */}}
+{{- define "storj-registry.podSelectorLabels" -}}
+{{ include "storj-registry.selectorLabels" . }}
+app.kubernetes.io/component: registry
+{{- end }}
+
 {{- define "storj-registry.labels" -}}
 {{ include "storj-registry.releaseLabels" . }}
 app.kubernetes.io/component: registry
