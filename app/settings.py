@@ -6,7 +6,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -256,7 +256,7 @@ class Settings(BaseSettings):
     @field_validator("peers")
     @classmethod
     def _check_peers(cls, value: str) -> str:
-        parts = [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        parts = [_bracketed(part.strip().rstrip("/")) for part in value.split(",") if part.strip()]
         if any(part.startswith("dns+") for part in parts) and len(parts) > 1:
             raise ValueError("a dns+http:// name stands alone (it resolves to every replica)")
         for part in parts:
@@ -267,7 +267,7 @@ class Settings(BaseSettings):
     @field_validator("advertise_url")
     @classmethod
     def _check_advertise_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
+        value = _bracketed(value.strip().rstrip("/"))
         if value and not PEER_URL.fullmatch(value):
             raise ValueError("must be this replica's base URL, http://HOST:PORT or https://HOST:PORT")
         return value
@@ -293,6 +293,18 @@ class Settings(BaseSettings):
             if missing:
                 raise ValueError(f"REGISTRY_STORAGE=s3 needs {', '.join(missing)}")
         return self
+
+
+def _bracketed(url: str) -> str:
+    """`http://fd00::1:5000` as `http://[fd00::1]:5000`: a pod's IPv6 address, put in a URL by the chart
+    (`http://$(POD_IP):PORT`), in the form its peers find it under (app/cluster/members.py)."""
+    scheme, separator, rest = url.partition("://")
+    host, _, port = rest.rpartition(":")
+    try:
+        address = IPv6Address(host)
+    except ValueError:
+        return url
+    return f"{scheme}{separator}[{address.compressed}]:{port}"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from app.cluster.members import CHANGE_SECONDS, PEER_HEADER, Members, member_id
+from app.settings import Settings
 
 SECRET = "a-secret-of-sixteen-or-more"
 URLS = [f"http://10.0.0.{n}:5000" for n in range(1, 5)]
@@ -111,3 +112,21 @@ def test_others_are_asked_to_finish_their_writes_only_after_owners_changed() -> 
 def test_a_dns_name_resolves_to_one_member_per_address(peers: str) -> None:
     members = Members("http://10.9.9.9:5000", peers, SECRET, 5)
     assert "http://127.0.0.1:5000" in members._resolve()
+
+
+def test_a_pods_ipv6_address_in_the_advertise_url_is_the_member_its_peers_resolve() -> None:
+    """The chart writes `http://$(POD_IP):5000`; on an IPv6 cluster that is `http://fd00::a:5000`, and the peers
+    find the pod by DNS as `http://[fd00::a]:5000` (members.py brackets what it resolves)."""
+    settings = Settings(
+        peers="dns+http://peers.registry.svc.cluster.local:5000",
+        advertise_url="http://FD00:0::A:5000",
+        peer_secret=SECRET,
+    )
+    assert settings.advertise_url == "http://[fd00::a]:5000"
+    assert member_id(settings.advertise_url) == member_id("http://[fd00::a]:5000")
+    assert (
+        Settings(
+            peers="http://fd00::b:5000,http://10.0.0.1:5000", advertise_url="http://10.0.0.1:5000", peer_secret=SECRET
+        ).peers
+        == "http://[fd00::b]:5000,http://10.0.0.1:5000"
+    )
