@@ -106,12 +106,12 @@ class _Objects:
     listed_at: float = -math.inf
     too_big: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    summary: set[bytes] | None = None  # blobs of a repository too big to list (None: none read, or none stored)
+    summary: blob_summaries.Summary | None = None  # of a repository too big to list (None: none read or stored)
     summarised_at: float = -math.inf
     summary_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def written(self) -> set[bytes]:
-        return {blob_summaries.prefix(ref) for ref, seen in self.seen.items() if seen.written}
+    def written(self) -> blob_summaries.Summary:
+        return blob_summaries.Summary.of(ref for ref, seen in self.seen.items() if seen.written)
 
 
 @dataclass
@@ -172,7 +172,7 @@ class Beliefs:
         if kind is Kind.BLOB:
             self._deleted.pop((name, reference), None)
             if objects.summary is not None:
-                objects.summary.add(blob_summaries.prefix(reference))
+                objects.summary.add(reference)
 
     def forget(self, name: str, kind: Kind, reference: str) -> None:
         """The object was found missing, or is about to be deleted here."""
@@ -198,7 +198,7 @@ class Beliefs:
         objects = self._repository(name).blobs
         objects.seen[digest] = _Seen(seen.size if seen else None, self.clock(), written=True)
         if objects.summary is not None:
-            objects.summary.add(blob_summaries.prefix(digest))
+            objects.summary.add(digest)
         self._deleted.pop((name, digest), None)
 
     def holders(self, digest: str) -> list[str]:
@@ -237,7 +237,7 @@ class Beliefs:
             seen is None
             and objects.summary is not None
             and self.fresh(objects.summarised_at, LISTING_TTL_S)
-            and blob_summaries.prefix(reference) not in objects.summary
+            and reference not in objects.summary
         ):
             return self._published_since_listing(name, kind, reference, objects.summarised_at)
         return _UNKNOWN
@@ -264,20 +264,20 @@ class Beliefs:
         """Are the repository's blobs known to fill a listing page (a repository with a summary)?"""
         return self._repository(name).blobs.too_big
 
-    async def blob_summary(self, name: str) -> set[bytes] | None:
+    async def blob_summary(self, name: str) -> blob_summaries.Summary | None:
         """The summary to write: the one stored (read again unless fresh) with this process's writes, or None
         when none is stored."""
         objects = self._repository(name).blobs
         await self._read_summary(name, objects)
-        return None if objects.summary is None else set(objects.summary)
+        return None if objects.summary is None else objects.summary.copy()
 
-    def learn_blob_summary(self, name: str, prefixes: set[bytes], at: float) -> set[bytes]:
+    def learn_blob_summary(self, name: str, summary: blob_summaries.Summary, at: float) -> blob_summaries.Summary:
         """A summary read or listed at `at`, with what memory held and this process's own writes: what one writer
         left out (racing another), the next rewrite after a read puts back. A prefix too many is only a "maybe"."""
         objects = self._repository(name).blobs
-        objects.summary = prefixes | objects.written() | (objects.summary or set())
+        objects.summary = summary | objects.written() | (objects.summary or blob_summaries.Summary())
         objects.summarised_at = at
-        return set(objects.summary)
+        return objects.summary.copy()
 
     async def _read_summary(self, name: str, objects: _Objects) -> None:
         """Read the summary unless it is fresh or was read since this was asked (one read for concurrent HEADs).
@@ -288,11 +288,11 @@ class Beliefs:
                 return
             started = self.clock()
             found = await run(self.storage.read_small, layout.blob_summary(name))
-            prefixes = blob_summaries.decode(found[0]) if found else None
-            if prefixes is None:
+            summary = blob_summaries.Summary.decode(found[0]) if found else None
+            if summary is None:
                 objects.summary, objects.summarised_at = None, started
             else:
-                self.learn_blob_summary(name, prefixes, started)
+                self.learn_blob_summary(name, summary, started)
 
     # vouching for a manifest's references ----------------------------------------------------------------------
 

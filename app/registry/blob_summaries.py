@@ -3,27 +3,31 @@
 Why: a push asks about every blob it would upload (a HEAD). Where a repository's blobs fit one listing page, that
 one listing answers all of a push's questions (app/registry/beliefs.py); past a page, each question would be a
 HEAD to the store, and a push into a big repository would cost more than one into a small one. The summary
-`v2/_summaries/<name>/_blobs` holds the first PREFIX_BYTES bytes of every blob digest of the repository, sorted:
-one read of it (20 KB at 5,000 blobs) answers "absent" for any digest whose prefix it lacks. A prefix it has is
-only a "maybe" (a false one is about 1 in 860,000 at 5,000 blobs): the store is asked.
+`v2/_summaries/<name>/_blobs` holds the first 4 bytes of every blob digest of the repository, sorted: one read of
+it (20 KB at 5,000 blobs) answers "absent" for any digest whose prefix it lacks. A prefix it has is only a
+"maybe" (a false one is about 1 in 860,000 at 5,000 blobs): the store is asked.
 
 What keeps it correct: a summary only ever answers "absent", and a wrong "absent" costs a client the upload of a
 blob the repository already holds, nothing worse: the blob's write is create-only (the bytes there stay), and a
 manifest's references are checked against what was written or the store, never against a summary.
 - A process that commits blobs to a repository it knows to be big rewrites the summary when it commits a manifest
-  (once per push), behind the answer: the summary it read, plus what it wrote (also at exit, when a push
-  stopped before its manifest). Two writers at once (replicas during a change of owners, a `copy`) may
-  each drop the other's digests: the next upload of such a blob finds it there and writes it back.
+  (once per push), behind the answer: what it read (now and before) and what it wrote (also at exit, when a push
+  stopped before its manifest). Two writers at once (replicas sharing a staging disk without peers, two owners
+  during a change of owners, a `copy`) may each leave out what the other just wrote; the next rewrite by either
+  after it reads the summary again (a listing's window later) puts it back.
 - A big repository without a summary (it grew past a page before summaries were written) gets one from a full
   listing, once, behind the push that found it missing.
 - gc and deletes leave the prefixes of what they remove: a "maybe" the store answers.
-- `fsck --repair` rewrites the summary of every repository it finds too big for a page.
+- `fsck` reports a big repository's summary that is missing or lacks a blob; `--repair` rebuilds it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -38,35 +42,72 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("storj_registry")
 
-PREFIX_BYTES = 4
 MAGIC = b"storj-registry blob summary 1\n"
 KEY_INTERVAL_S = 1.0  # Storj takes about one write a second to a key: later rewrites wait that long
+_PREFIXES = "I"  # unsigned 32-bit, stored big-endian
+assert array(_PREFIXES).itemsize == 4
 
 
-def prefix(digest: str) -> bytes:
-    """The part of a digest a summary keeps (the algorithm is left out: a summary is of sha256 digests)."""
-    return bytes.fromhex(digest.partition(":")[2][: 2 * PREFIX_BYTES])
+def prefix(digest: str) -> int:
+    """The part of a digest a summary keeps: its first 4 bytes (the algorithm is left out)."""
+    return int(digest.partition(":")[2][:8], 16)
 
 
-def encode(prefixes: Iterable[bytes]) -> bytes:
-    return MAGIC + b"".join(sorted(set(prefixes)))
+class Summary:
+    """A sorted array of digest prefixes: 4 bytes a blob in memory as in the bucket."""
+
+    def __init__(self, prefixes: Iterable[int] = ()) -> None:
+        self._sorted = array(_PREFIXES, sorted(set(prefixes)))
+
+    @classmethod
+    def of(cls, digests: Iterable[str]) -> Summary:
+        return cls(map(prefix, digests))
+
+    def __contains__(self, digest: object) -> bool:
+        wanted = prefix(str(digest))
+        at = bisect_left(self._sorted, wanted)
+        return at < len(self._sorted) and self._sorted[at] == wanted
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def __or__(self, other: Summary) -> Summary:
+        return Summary([*self._sorted, *other._sorted])
+
+    def copy(self) -> Summary:
+        return self | Summary()
+
+    def add(self, digest: str) -> None:
+        wanted = prefix(digest)
+        at = bisect_left(self._sorted, wanted)
+        if at == len(self._sorted) or self._sorted[at] != wanted:
+            self._sorted.insert(at, wanted)
+
+    def encode(self) -> bytes:
+        stored = array(_PREFIXES, self._sorted)
+        if sys.byteorder == "little":
+            stored.byteswap()
+        return MAGIC + stored.tobytes()
+
+    @classmethod
+    def decode(cls, document: bytes) -> Summary | None:
+        """The summary a stored object holds, or None for one that is not a summary (it is then rebuilt)."""
+        body = document.removeprefix(MAGIC)
+        if len(body) == len(document) or len(body) % 4:
+            return None
+        stored = array(_PREFIXES, body)
+        if sys.byteorder == "little":
+            stored.byteswap()
+        return cls(stored)
 
 
-def decode(document: bytes) -> set[bytes] | None:
-    """The prefixes a stored summary holds, or None for one that is not a summary (it is then rebuilt)."""
-    body = document.removeprefix(MAGIC)
-    if len(body) == len(document) or len(body) % PREFIX_BYTES:
-        return None
-    return {body[start : start + PREFIX_BYTES] for start in range(0, len(body), PREFIX_BYTES)}
-
-
-def listed(storage: Storage, name: str) -> set[bytes]:
+def listed(storage: Storage, name: str) -> Summary:
     """A summary of the repository's blobs from a listing of all of them (every page)."""
-    return {prefix(key) for key in storage.list_children(layout.blobs_dir(name)) if DIGEST_RE.fullmatch(key)}
+    return Summary.of(key for key in storage.list_children(layout.blobs_dir(name)) if DIGEST_RE.fullmatch(key))
 
 
-def write(storage: Storage, name: str, prefixes: Iterable[bytes]) -> None:
-    storage.put_bytes(layout.blob_summary(name), encode(prefixes), layout.OCTET_STREAM, layout.MUTABLE_CACHE)
+def write(storage: Storage, name: str, summary: Summary) -> None:
+    storage.put_bytes(layout.blob_summary(name), summary.encode(), layout.OCTET_STREAM, layout.MUTABLE_CACHE)
 
 
 def rebuild(storage: Storage, name: str) -> None:
@@ -110,8 +151,7 @@ class BlobSummaries:
         prefixes = await self.beliefs.blob_summary(name)
         if prefixes is None:  # none stored, or not one: from a listing of every page
             started = self.beliefs.clock()
-            prefixes = await run(listed, self.storage, name)
-            prefixes = self.beliefs.learn_blob_summary(name, prefixes, started)
+            prefixes = self.beliefs.learn_blob_summary(name, await run(listed, self.storage, name), started)
         await run(write, self.storage, name, prefixes)
 
     async def settle(self) -> None:

@@ -250,10 +250,10 @@ class Checker:
         if found is None:
             yield Problem("missing-document", key, "a repository this big has a summary of its blobs", rebuild)
             return
-        prefixes = blob_summaries.decode(found[0])
-        lacking = {blob_summaries.prefix(digest) for digest in repository.blobs} - (prefixes or set())
-        if prefixes is None or lacking:
-            detail = "not a summary" if prefixes is None else f"lacks {len(lacking)} of its blobs"
+        summary = blob_summaries.Summary.decode(found[0])
+        lacking = [digest for digest in repository.blobs if summary is None or digest not in summary]
+        if summary is None or lacking:
+            detail = "not a summary" if summary is None else f"lacks {len(lacking)} of its blobs"
             yield Problem("stale-document", key, detail, rebuild)
 
     # blob contents (--blobs) ----------------------------------------------------------------------------

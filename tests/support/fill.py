@@ -44,7 +44,7 @@ def fill_repository(direct: Storage, chained: Storage, tags: int) -> None:
         list(pool.map(tagged, range(tags)))
     direct.put_bytes(layout.catalog_entry(NAME), b"", layout.OCTET_STREAM)
     blobs = [*LAYERS, *(config(number) for number in range(tags))]
-    blob_summaries.write(direct, NAME, (blob_summaries.prefix(sha256(blob)) for blob in blobs))
+    blob_summaries.write(direct, NAME, blob_summaries.Summary.of(map(sha256, blobs)))
     documents.rebuild(chained, documents.tags_kind(chained, NAME))
     documents.rebuild(chained, documents.catalog_kind(chained))
 

@@ -17,7 +17,7 @@ from app import layout
 from app.registry import beliefs as beliefs_module
 from app.registry import blob_summaries
 from app.registry.beliefs import LISTING_TTL_S, Kind
-from app.registry.blob_summaries import BlobSummaries
+from app.registry.blob_summaries import BlobSummaries, Summary
 from app.storage.memory import MemoryStorage
 from tests.unit.test_beliefs import NAME, Clock, Horizon, beliefs
 
@@ -42,7 +42,7 @@ def big_repository(*, summary: bool = True) -> MemoryStorage:
     for number, held in enumerate(HELD):
         storage.put_bytes(layout.blob(NAME, held), b"x" * number, layout.OCTET_STREAM)
     if summary:
-        blob_summaries.write(storage, NAME, map(blob_summaries.prefix, HELD))
+        blob_summaries.write(storage, NAME, Summary.of(HELD))
     storage.calls.clear()
     return storage
 
@@ -52,6 +52,15 @@ def sizes(memory: beliefs_module.Beliefs, digests: list[str]) -> list[int | None
         return [await memory.size(NAME, Kind.BLOB, d) for d in digests]
 
     return asyncio.run(ask())
+
+
+def stored_digests(storage: MemoryStorage, digests: list[str]) -> list[str]:
+    """Which of these digests the stored summary holds."""
+    found = storage.read_small(layout.blob_summary(NAME))
+    assert found is not None
+    summary = Summary.decode(found[0])
+    assert summary is not None
+    return [d for d in digests if d in summary]
 
 
 def push(memory: beliefs_module.Beliefs, summaries: BlobSummaries, digests: list[str], *, manifest: bool) -> None:
@@ -69,15 +78,21 @@ def push(memory: beliefs_module.Beliefs, summaries: BlobSummaries, digests: list
     asyncio.run(pushing())
 
 
-@given(st.sets(st.binary(min_size=blob_summaries.PREFIX_BYTES, max_size=blob_summaries.PREFIX_BYTES)))
-def test_a_summary_reads_back_as_written(prefixes: set[bytes]) -> None:
-    assert blob_summaries.decode(blob_summaries.encode(prefixes)) == prefixes
+HEX = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
+
+
+@given(st.lists(HEX), st.lists(HEX))
+def test_a_summary_holds_what_it_was_given_and_reads_back_as_written(held: list[str], others: list[str]) -> None:
+    summary = Summary.of(f"sha256:{hex_}" for hex_ in held)
+    decoded = Summary.decode(summary.encode())
+    assert decoded is not None and len(decoded) == len(summary) == len({hex_[:8] for hex_ in held})
+    for hex_ in held + others:
+        assert (f"sha256:{hex_}" in decoded) == any(hex_[:8] == h[:8] for h in held)
 
 
 @given(st.binary())
 def test_anything_else_is_not_a_summary(document: bytes) -> None:
-    decoded = blob_summaries.decode(document)
-    assert decoded is None or document.startswith(blob_summaries.MAGIC)
+    assert Summary.decode(document) is None or document.startswith(blob_summaries.MAGIC)
 
 
 def test_one_read_of_the_summary_answers_absent_for_every_new_blob() -> None:
@@ -103,7 +118,7 @@ def test_the_summary_counts_for_its_window_and_not_across_a_gc_run() -> None:
     memory = beliefs(storage, clock, horizon)
     assert sizes(memory, NEW[:1]) == [None]
     storage.put_bytes(layout.blob(NAME, NEW[1]), b"abc", layout.OCTET_STREAM)  # another writer, summary not told
-    blob_summaries.write(storage, NAME, map(blob_summaries.prefix, [*HELD, NEW[1]]))
+    blob_summaries.write(storage, NAME, Summary.of([*HELD, NEW[1]]))
     assert sizes(memory, NEW[1:2]) == [None]  # the summary read a moment ago: a wrong "absent", an upload again
     clock.now += LISTING_TTL_S
     assert sizes(memory, NEW[1:2]) == [3]  # too old: read again, a "maybe", asked
@@ -118,18 +133,14 @@ def test_blobs_written_here_are_in_the_summary_this_process_writes() -> None:
     memory = beliefs(storage, clock)
     push(memory, BlobSummaries(storage, memory), NEW, manifest=True)
     assert storage.calls["put_bytes"] == 1  # once for the push
-    stored = storage.read_small(layout.blob_summary(NAME))
-    assert stored is not None
-    assert blob_summaries.decode(stored[0]) == set(map(blob_summaries.prefix, HELD + NEW))
+    assert stored_digests(storage, HELD + NEW) == HELD + NEW
 
 
 def test_a_big_repository_without_a_summary_gets_one_from_a_full_listing() -> None:
     storage, clock = big_repository(summary=False), Clock()
     memory = beliefs(storage, clock)
     push(memory, BlobSummaries(storage, memory), NEW[:1], manifest=False)  # an exit: what is out of date is written
-    stored = storage.read_small(layout.blob_summary(NAME))
-    assert stored is not None
-    assert blob_summaries.decode(stored[0]) == set(map(blob_summaries.prefix, [*HELD, NEW[0]]))
+    assert stored_digests(storage, HELD + NEW) == [*HELD, NEW[0]]
     storage.calls.clear()
     assert sizes(memory, NEW[1:]) == [None, None]  # the listing made is the summary memory holds
     assert storage.calls["stat"] == 0
