@@ -142,7 +142,7 @@ class BlobSummaries:
                 await self._write(name)
                 if name in self._dirty:
                     await asyncio.sleep(KEY_INTERVAL_S)
-        except StorageFault as exc:  # a missing digest costs an upload again, and that upload writes it back
+        except StorageFault as exc:  # memory keeps what it wrote: the next push's rewrite has it
             log.warning("could not write the blob summary of %s: %s", name, exc)
         finally:
             del self._writing[name]
