@@ -37,7 +37,11 @@ def settings(s3_server: S3Server, bucket: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[httpx.Client]:
-    with running_registry(settings) as url, httpx.Client(base_url=url, timeout=60) as http:
+    """A client of a registry whose start-up writes (its gc presence among them) are done, so a test's "before"
+    is not overtaken by them on a loaded machine."""
+    registry = build_registry(settings)
+    with running_registry(settings, registry) as url, httpx.Client(base_url=url, timeout=60) as http:
+        assert registry.started_up.wait(30)
         yield http
 
 
