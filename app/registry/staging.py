@@ -64,6 +64,7 @@ PUBLISHED = "published"
 VERIFIED_MARKERS = "verified"
 PUBLISHED_MARKERS = "published"
 DOCUMENTS = "documents"
+REMOVING = "removing"  # session directories on their way out (renamed here first, then deleted)
 PUBLISHED_TTL_S = 90.0  # longer than any listing memory trusts (app/registry/beliefs.py, LISTING_TTL_S)
 LOCK_POLL_S = (0.005, 0.1)  # first and longest wait between attempts at a busy flock
 MARKER_ATTEMPTS = 3
@@ -174,7 +175,19 @@ class Staging:
             sealed = self.sealed(upload)
             if sealed is not None:
                 self._drop_verified_marker(sealed.digest, upload.id)
-        shutil.rmtree(upload.directory, ignore_errors=True)
+        self._remove_directory(upload.directory)
+
+    def _remove_directory(self, directory: Path) -> None:
+        """Take the session away at once (a rename), then delete it. Deleted in place, a session would be half
+        there for a moment: a request of another process that takes its lock then (a new lock file, in the
+        directory being emptied) would find it open and its data gone."""
+        doomed = self.root / REMOVING / f"{directory.name}-{uuid.uuid4().hex[:8]}"
+        doomed.parent.mkdir(exist_ok=True)
+        try:
+            directory.rename(doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def _drop_verified_marker(self, digest: str, upload_id: str) -> None:
         marker = self._verified_marker(digest, upload_id)
@@ -239,7 +252,11 @@ class Staging:
             receipt = self.root / upload_id / PUBLISHED
             with contextlib.suppress(OSError):
                 if receipt.stat().st_mtime < cutoff:
-                    shutil.rmtree(receipt.parent, ignore_errors=True)
+                    self._remove_directory(receipt.parent)
+        for leftover in (self.root / REMOVING).glob("*"):  # a process stopped while deleting it
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < cutoff:
+                    shutil.rmtree(leftover, ignore_errors=True)
         for marker in folder.glob("*/*") if folder.is_dir() else []:
             with contextlib.suppress(OSError):
                 if marker.stat().st_mtime < cutoff:

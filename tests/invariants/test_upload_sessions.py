@@ -6,15 +6,21 @@ takes nothing more, and what goes to the bucket is the verified length, whatever
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
+import shutil
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
 
 import httpx
 import pytest
 
-from app.registry.staging import Staging
+from app.errors import BlobUploadUnknown
+from app.registry.staging import LOCK, Staging
+from app.registry.uploads import Body, Uploads
 from app.settings import Settings
 from app.storage import open_storage
 from tests.support.invariants import assert_every_blob_hashes_to_its_key
@@ -63,3 +69,34 @@ def test_a_chunk_sent_while_the_final_put_verifies_is_refused_and_never_publishe
         blob = client.get(f"/v2/{NAME}/blobs/{digest}")
         assert blob.status_code == 200 and blob.content == DATA
     assert assert_every_blob_hashes_to_its_key(open_storage(settings)) == 1
+
+
+def test_a_chunk_from_another_process_while_a_session_is_removed_finds_it_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The regression of a 500 (FileNotFoundError on the session's data) when a cancel, or a final PUT with the
+    wrong digest, removes a session while another replica sharing the staging disk appends to it: the other
+    replica's PATCH arrives while the directory is being deleted, its lock file gone and its data not yet, so it
+    took a new lock and appended (or found the data gone under it)."""
+    remover, other = Uploads(tmp_path), Uploads(tmp_path)  # two replicas on one staging directory
+    upload = remover.create(NAME)
+    answers: list[str] = []
+    real_rmtree = shutil.rmtree
+
+    def rmtree_with_a_chunk_midway(path: Path, ignore_errors: bool = False) -> None:
+        (Path(path) / LOCK).unlink(missing_ok=True)
+        try:
+            asyncio.run(other.receive(upload, Body(one_chunk(b"late chunk"))))
+            answers.append("202")
+        except BlobUploadUnknown:
+            answers.append("404")
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree_with_a_chunk_midway)
+    asyncio.run(remover.cancel(upload))
+    assert answers == ["404"]
+    assert other.staging.session_ids() == []
+
+
+async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
