@@ -64,7 +64,7 @@ PUBLISHED = "published"
 VERIFIED_MARKERS = "verified"
 PUBLISHED_MARKERS = "published"
 DOCUMENTS = "documents"
-REMOVING = "removing"  # session directories on their way out (renamed here first, then deleted)
+REMOVING = ".removing-"  # infix of a session directory on its way out (renamed first, then deleted)
 PUBLISHED_TTL_S = 90.0  # longer than any listing memory trusts (app/registry/beliefs.py, LISTING_TTL_S)
 LOCK_POLL_S = (0.005, 0.1)  # first and longest wait between attempts at a busy flock
 MARKER_ATTEMPTS = 3
@@ -181,8 +181,7 @@ class Staging:
         """Take the session away at once (a rename), then delete it. Deleted in place, a session would be half
         there for a moment: a request of another process that takes its lock then (a new lock file, in the
         directory being emptied) would find it open and its data gone."""
-        doomed = self.root / REMOVING / f"{directory.name}-{uuid.uuid4().hex[:8]}"
-        doomed.parent.mkdir(exist_ok=True)
+        doomed = directory.with_name(f"{directory.name}{REMOVING}{uuid.uuid4().hex[:8]}")
         try:
             directory.rename(doomed)
         except FileNotFoundError:
@@ -253,7 +252,7 @@ class Staging:
             with contextlib.suppress(OSError):
                 if receipt.stat().st_mtime < cutoff:
                     self._remove_directory(receipt.parent)
-        for leftover in (self.root / REMOVING).glob("*"):  # a process stopped while deleting it
+        for leftover in self.root.glob(f"*{REMOVING}*"):  # a process stopped while deleting it
             with contextlib.suppress(OSError):
                 if leftover.stat().st_mtime < cutoff:
                     shutil.rmtree(leftover, ignore_errors=True)
