@@ -36,7 +36,7 @@ def wait_until_refused(url: str, deadline_s: float) -> None:
     while time.monotonic() < deadline:
         try:
             httpx.get(f"{url}/healthz", timeout=1)
-        except httpx.ConnectError:
+        except (httpx.ConnectError, httpx.ReadError):  # refused, or reset: accepted just before the listener closed
             return
         time.sleep(0.05)
     raise AssertionError("the listener was not closed after the drain")

@@ -112,6 +112,12 @@ def interrupted_copy(workdir: Path, source: str, delay: float | None) -> subproc
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
+def time_to_start_python() -> float:
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "pass"], env=environment(), check=True)
+    return time.monotonic() - started
+
+
 def test_ctrl_c_in_copy_at_any_moment_is_one_line_and_never_success_and_130(tmp_path: Path) -> None:
     """From the imports (the first half second) to just after the summary: either it finished (exit 0, success
     printed) or it was interrupted (exit 130, one line, no success), never a traceback, never both.
@@ -120,9 +126,7 @@ def test_ctrl_c_in_copy_at_any_moment_is_one_line_and_never_success_and_130(tmp_
     program's code runs) is Python's to report."""
     layout = tmp_path / "layout"
     write_image(layout, "1", [make_layer(71, 16 * 1024 * 1024), make_layer(72, 16 * 1024 * 1024)])
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-c", "pass"], env=environment(), check=True)
-    interpreter_up = time.monotonic() - started + 0.01
+    interpreter_up = max(time_to_start_python() for _ in range(3)) + 0.01
     started = time.monotonic()
     whole = interrupted_copy(tmp_path / "whole", f"oci:{layout}:1", None)
     duration = time.monotonic() - started
@@ -131,6 +135,11 @@ def test_ctrl_c_in_copy_at_any_moment_is_one_line_and_never_success_and_130(tmp_
     outcomes = []
     for number, delay in enumerate(delays):
         done = interrupted_copy(tmp_path / f"run-{number}", f"oci:{layout}:1", delay)
+        for retry in range(5):  # the first moment, under load, can still come while Python starts: not ours
+            if not done.stderr.startswith("Fatal Python error: init_"):
+                break
+            delay += 0.02
+            done = interrupted_copy(tmp_path / f"run-{number}-{retry}", f"oci:{layout}:1", delay)
         assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, (delay, done.stderr)
         if done.returncode == 0:
             assert "1 copied, 0 failed" in done.stdout, (delay, done.stdout)
