@@ -338,15 +338,16 @@ async def _flock(fd: int) -> None:
 
 
 def _write_in_fresh_folder(path: Path, text: str) -> None:
-    """Write `path`, making its folder; another process may remove the empty folder just then: try again."""
+    """Write `path`, making its folder; another process may remove the empty folder just then (even between
+    mkdir's "it exists" and its check that it is a folder: FileExistsError): try again."""
     for attempt in range(MARKER_ATTEMPTS):
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")  # writers of one marker never share a temp
             temp.write_text(text)
             os.replace(temp, path)
             return
-        except FileNotFoundError:
+        except (FileNotFoundError, FileExistsError):
             if attempt + 1 == MARKER_ATTEMPTS:
                 raise
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 import shutil
 import threading
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from app.errors import BlobUploadUnknown
-from app.registry.staging import LOCK, Staging
+from app.registry.staging import LOCK, VERIFIED_MARKERS, Sealed, Staging
 from app.registry.uploads import Body, Uploads
 from app.settings import Settings
 from app.storage import open_storage
@@ -96,6 +97,33 @@ def test_a_chunk_from_another_process_while_a_session_is_removed_finds_it_gone(
     asyncio.run(remover.cancel(upload))
     assert answers == ["404"]
     assert other.staging.session_ids() == []
+
+
+def test_a_seal_while_another_session_of_the_blob_drops_its_marker_is_sealed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The regression of a 500 (FileExistsError in a final PUT), seen with three replicas round-robin: two sessions
+    of one blob, one sealing while the other drops its marker. The folder of the blob's markers was there when the
+    seal's mkdir tried it, and removed (empty) before mkdir checked it was a folder."""
+    staging = Staging(tmp_path)
+    sealed = Sealed(f"sha256:{hashlib.sha256(DATA).hexdigest()}", len(DATA))
+    leaving, sealing = staging.create("a" * 32, NAME), staging.create("b" * 32, NAME)
+    staging.seal(leaving, sealed)
+    real_mkdir = os.mkdir
+
+    def mkdir_while_the_other_leaves(path: str, mode: int = 0o777) -> None:
+        try:
+            real_mkdir(path, mode)
+        except FileExistsError:
+            if Path(path).name == sealed.digest and (Path(path) / leaving.id).exists():
+                staging.unseal(leaving, sealed)  # its marker and the then empty folder go
+            raise
+
+    monkeypatch.setattr(os, "mkdir", mkdir_while_the_other_leaves)
+    staging.seal(sealing, sealed)
+    monkeypatch.undo()
+    assert staging.sealed(sealing) == sealed
+    assert [path.name for path in (tmp_path / VERIFIED_MARKERS / sealed.digest).iterdir()] == [sealing.id]
 
 
 async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
