@@ -201,25 +201,35 @@ def test_pushes_all_succeed_while_a_replica_joins_and_another_leaves(
         cluster.start_all(3)
         balancer = stack.enter_context(RoundRobinProxy(cluster.urls))
         target = Target(balancer.address, proxy, BucketLayout(s3_server.client(), bucket))
-        changes = threading.Thread(target=change_membership, args=(cluster, balancer))
+        failed: list[BaseException] = []
+        changes = threading.Thread(target=change_membership, args=(cluster, balancer, failed))
         changes.start()
         problems = push_all(target, images, dockerd)
         changes.join()
-        assert problems == []
+        assert failed == [] and problems == []
         assert [replica.running for replica in cluster.replicas] == [False, True, True, True]
         assert {entry.backend for entry in balancer.forwarded[-20:]} == {0, 1, 2}  # the new set took requests
         whole_in_the_bucket(target)
 
 
-def change_membership(cluster: Cluster, balancer: RoundRobinProxy) -> None:
-    """Once the pushes are under way, the fourth replica joins; a little later the first one leaves."""
-    wait_for_requests(balancer, 30)
-    cluster.start(3)
-    cluster.wait_until_members_agree()
-    balancer.set_backends(cluster.urls)
-    wait_for_requests(balancer, len(balancer.forwarded) + 30)
-    balancer.set_backends(cluster.urls[1:])  # drained: the Service's endpoints drop it first
-    cluster.leave(0)
+def change_membership(cluster: Cluster, balancer: RoundRobinProxy, failed: list[BaseException]) -> None:
+    """Once the pushes are under way, the fourth replica joins; a little later the first one leaves. New requests
+    wait while the fourth starts (sessions under way stay open across the change), so the pushes cannot finish
+    before it however loaded the machine is."""
+    try:
+        wait_for_requests(balancer, 30)
+        balancer.hold()
+        try:
+            cluster.start(3)
+            cluster.wait_until_members_agree()
+            balancer.set_backends(cluster.urls)
+        finally:
+            balancer.release()
+        wait_for_requests(balancer, len(balancer.forwarded) + 30)
+        balancer.set_backends(cluster.urls[1:])  # drained: the Service's endpoints drop it first
+        cluster.leave(0)
+    except BaseException as exc:  # reported by the test, not lost in this thread
+        failed.append(exc)
 
 
 def wait_for_requests(balancer: RoundRobinProxy, count: int, timeout: float = 60.0) -> None:

@@ -51,6 +51,8 @@ class RoundRobinProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="round-robin", daemon=True)
         self._server: asyncio.Server | None = None
+        self._open = asyncio.Event()  # cleared by `hold`
+        self._open.set()
 
     def __enter__(self) -> RoundRobinProxy:
         self._thread.start()
@@ -68,6 +70,14 @@ class RoundRobinProxy:
     def set_backends(self, backends: list[str]) -> None:
         """From the next request on, turn over these: what a Service's endpoints do as pods become ready or drain."""
         self.backends = [_host_port(backend) for backend in backends]
+
+    def hold(self) -> None:
+        """New requests wait (those under way go on) until `release`: a change of members then comes mid-push
+        however fast the pushes run on the machine."""
+        self._loop.call_soon_threadsafe(self._open.clear)
+
+    def release(self) -> None:
+        self._loop.call_soon_threadsafe(self._open.set)
 
     @property
     def address(self) -> str:
@@ -109,6 +119,7 @@ class RoundRobinProxy:
         """Relay one request and its response; raise _Closed when the client connection cannot carry another."""
         request_line, headers = await _read_request_head(client_reader)
         method, target, _version = request_line.split(b" ", 2)
+        await self._open.wait()
         entry, (host, port) = self._next_backend(method.decode(), urlsplit(target.decode()).path)
         backend_reader, backend_writer = await asyncio.open_connection(host, port)
         try:
