@@ -153,31 +153,42 @@ class GcRuns:
                 await self.refresh()
 
     async def refresh(self) -> None:
+        """Read the announcement (and a marked run's candidates), then change what this process knows at once,
+        with no wait in between: a request that finds the announcement read (`know`) finds the run with it."""
         started = time.monotonic()
         found = await run(self.storage.read_small, layout.GC_RUN)
+        current = await self._as_announced(live_run(found))
         self._refreshed_at = started
         if self.unsure:
             self.unsure, self.ended_at = False, time.time()
-        announced = live_run(found)
-        if announced is None:
+        if current is None:
             if self.run is not None:
                 self.ended_at = time.time()
                 log.info("gc run %s is over", self.run.id)
             self.run = None
             return
-        run_id, phase = announced
-        if self.run is not None and self.run.id == run_id and self.run.phase == phase:
+        if current is self.run:
             return
+        if self.run is None or self.run.id != current.id:
+            self.claimed = set()
+            log.info("gc run %s announced: pushes claim what they rely on until it ends", current.id)
+        self.run = current
+        if self.participate:
+            self._acknowledge_when_ready(current, started)
+
+    async def _as_announced(self, announced: tuple[str, str] | None) -> Run | None:
+        """The run an announcement's (id, phase) stands for: the one known already, or a new one (with its
+        candidates read, once marked)."""
+        if announced is None:
+            return None
+        if self.run is not None and (self.run.id, self.run.phase) == announced:
+            return self.run
+        run_id, phase = announced
         candidates: frozenset[str] = frozenset()
         if phase == PHASE_MARKED:
             listed = await run(self.storage.read_small, layout.gc_candidates(run_id))
             candidates = frozenset(json.loads(listed[0])) if listed else frozenset()
-        if self.run is None or self.run.id != run_id:
-            self.claimed = set()
-            log.info("gc run %s announced: pushes claim what they rely on until it ends", run_id)
-        self.run = Run(run_id, phase, candidates)
-        if self.participate:
-            self._acknowledge_when_ready(self.run, started)
+        return Run(run_id, phase, candidates)
 
     async def watch(self) -> None:
         """Every `watch_seconds`, once the announcement was first read (at start, or by the first request that

@@ -4,12 +4,14 @@ so the run keeps them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +87,39 @@ def test_copy_during_a_run_claims_the_blobs_it_finds_in_the_bucket(settings: Set
         again = cli(settings, "copy", oci_ref(tmp_path / "image", "v1"), f"{NAME}:v2")
         assert again.status == 0, again.err
         assert set(keys) <= claims(storage, run)
+
+
+def test_a_claim_while_the_announcement_is_being_read_waits_for_the_run(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The regression of a `copy` that claimed nothing (seen once in CI): its start-up was reading a marked run's
+    candidates when the first blob check came; the process already counted the announcement as read, but knew of
+    no run yet, so the check claimed nothing and the run could have deleted the blob the copy relied on."""
+    storage = open_storage(settings)
+    key = layout.blob(NAME, digest(CONFIG))
+    with marked_run(storage, [key]) as marked:
+        reading_candidates, release = threading.Event(), threading.Event()
+        read_small = storage.read_small
+
+        def slow_candidates(wanted: str) -> object:
+            if wanted == layout.gc_candidates(marked.id):
+                reading_candidates.set()
+                release.wait(10)
+            return read_small(wanted)
+
+        monkeypatch.setattr(storage, "read_small", slow_candidates)
+        runs = gc_runs.GcRuns(storage, 300, participate=False)
+
+        async def start_up_and_a_blob_check() -> None:
+            start_up = asyncio.create_task(runs.know())
+            assert await asyncio.to_thread(reading_candidates.wait, 10)
+            check = asyncio.create_task(runs.claim([key]))
+            await asyncio.sleep(0.2)  # the check comes while the candidates are read
+            release.set()
+            await asyncio.gather(start_up, check)
+
+        asyncio.run(start_up_and_a_blob_check())
+        assert claims(storage, marked) == {key}
 
 
 def test_gc_waits_for_a_running_replica_only_until_it_acknowledges(settings: Settings) -> None:
