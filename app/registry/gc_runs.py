@@ -112,6 +112,10 @@ class GcRuns:
         self.unsure = True
         self._reading = asyncio.Lock()
         self._refreshed_at = -math.inf  # monotonic
+        self._reads_begun = 0  # reads of the announcement (`refresh`), numbered as they begin
+        self._read_known = (
+            0  # the number of the read whose result this process knows: an older one landing late is dropped
+        )
         self._present_at = -math.inf  # monotonic: when the presence was last written
         self._presence_sent = False
         self._presence_lock = threading.Lock()
@@ -154,10 +158,16 @@ class GcRuns:
 
     async def refresh(self) -> None:
         """Read the announcement (and a marked run's candidates), then change what this process knows at once,
-        with no wait in between: a request that finds the announcement read (`know`) finds the run with it."""
+        with no wait in between: a request that finds the announcement read (`know`) finds the run with it. The
+        watch and a claim may read at once; the result of the read begun last stands, whichever lands last."""
+        self._reads_begun += 1
+        number = self._reads_begun
         started = time.monotonic()
         found = await run(self.storage.read_small, layout.GC_RUN)
         current = await self._as_announced(live_run(found))
+        if number < self._read_known:
+            return
+        self._read_known = number
         self._refreshed_at = started
         if self.unsure:
             self.unsure, self.ended_at = False, time.time()

@@ -122,6 +122,45 @@ def test_a_claim_while_the_announcement_is_being_read_waits_for_the_run(
         assert claims(storage, marked) == {key}
 
 
+def test_a_read_of_the_announcement_landing_late_does_not_undo_a_newer_one(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch and a claim may read the announcement at once. Here the watch's read sees the run announced and
+    lands only after a claim's read saw it marked: what the process knows stays the marked run (else, for a
+    moment, a check would claim none of the candidates)."""
+    storage = open_storage(settings)
+    key = layout.blob(NAME, digest(CONFIG))
+    run = GcRun(storage, RunTiming(0, 0), Progress("gc"))
+    run.announce()
+    try:
+        read, release = threading.Event(), threading.Event()
+        read_small = storage.read_small
+
+        def first_read_lands_late(wanted: str) -> object:
+            found = read_small(wanted)
+            if wanted == layout.GC_RUN and not read.is_set():
+                read.set()
+                release.wait(10)
+            return found
+
+        monkeypatch.setattr(storage, "read_small", first_read_lands_late)
+        runs = gc_runs.GcRuns(storage, 300, participate=False)
+
+        async def the_watch_and_a_claim() -> None:
+            watch = asyncio.create_task(runs.refresh())
+            assert await asyncio.to_thread(read.wait, 10)
+            storage.put_bytes(layout.gc_candidates(run.id), json.dumps([key]).encode(), layout.JSON)
+            run.write_phase(PHASE_MARKED)
+            await runs.refresh()
+            release.set()
+            await watch
+
+        asyncio.run(the_watch_and_a_claim())
+        assert runs.run is not None and runs.run.phase == PHASE_MARKED and key in runs.run.candidates
+    finally:
+        run.end()
+
+
 def test_gc_waits_for_a_running_replica_only_until_it_acknowledges(settings: Settings) -> None:
     """No fixed 26 minutes: gc goes on as soon as every live participant has acknowledged each phase."""
     quick = settings.model_copy(update={"gc_watch_seconds": 0.2})
