@@ -113,9 +113,7 @@ class GcRuns:
         self._reading = asyncio.Lock()
         self._refreshed_at = -math.inf  # monotonic
         self._reads_begun = 0  # reads of the announcement (`refresh`), numbered as they begin
-        self._read_known = (
-            0  # the number of the read whose result this process knows: an older one landing late is dropped
-        )
+        self._read_known = 0  # the read whose result this process knows (one begun before it is dropped)
         self._present_at = -math.inf  # monotonic: when the presence was last written
         self._presence_sent = False
         self._presence_lock = threading.Lock()

@@ -89,6 +89,24 @@ def test_copy_during_a_run_claims_the_blobs_it_finds_in_the_bucket(settings: Set
         assert set(keys) <= claims(storage, run)
 
 
+def first_read_held(
+    storage: Storage, key: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, threading.Event]:
+    """The first read of `key` is made, then held until the second event is set (the first is set once it is)."""
+    read, release = threading.Event(), threading.Event()
+    read_small = storage.read_small
+
+    def held(wanted: str) -> object:
+        found = read_small(wanted)
+        if wanted == key and not read.is_set():
+            read.set()
+            release.wait(10)
+        return found
+
+    monkeypatch.setattr(storage, "read_small", held)
+    return read, release
+
+
 def test_a_claim_while_the_announcement_is_being_read_waits_for_the_run(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,16 +116,7 @@ def test_a_claim_while_the_announcement_is_being_read_waits_for_the_run(
     storage = open_storage(settings)
     key = layout.blob(NAME, digest(CONFIG))
     with marked_run(storage, [key]) as marked:
-        reading_candidates, release = threading.Event(), threading.Event()
-        read_small = storage.read_small
-
-        def slow_candidates(wanted: str) -> object:
-            if wanted == layout.gc_candidates(marked.id):
-                reading_candidates.set()
-                release.wait(10)
-            return read_small(wanted)
-
-        monkeypatch.setattr(storage, "read_small", slow_candidates)
+        reading_candidates, release = first_read_held(storage, layout.gc_candidates(marked.id), monkeypatch)
         runs = gc_runs.GcRuns(storage, 300, participate=False)
 
         async def start_up_and_a_blob_check() -> None:
@@ -133,17 +142,7 @@ def test_a_read_of_the_announcement_landing_late_does_not_undo_a_newer_one(
     run = GcRun(storage, RunTiming(0, 0), Progress("gc"))
     run.announce()
     try:
-        read, release = threading.Event(), threading.Event()
-        read_small = storage.read_small
-
-        def first_read_lands_late(wanted: str) -> object:
-            found = read_small(wanted)
-            if wanted == layout.GC_RUN and not read.is_set():
-                read.set()
-                release.wait(10)
-            return found
-
-        monkeypatch.setattr(storage, "read_small", first_read_lands_late)
+        read, release = first_read_held(storage, layout.GC_RUN, monkeypatch)
         runs = gc_runs.GcRuns(storage, 300, participate=False)
 
         async def the_watch_and_a_claim() -> None:
